@@ -1,0 +1,280 @@
+// Package broker runs one mochi-mqtt server without network listeners of its
+// own: the doors (Caddy's HTTP handler, the layer4 handler) accept
+// connections and hand them over with Serve. It knows nothing about Caddy.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// ErrClosed is returned by Serve once the broker is shutting down.
+var ErrClosed = errors.New("mqtt broker is shut down")
+
+// ConnInfo describes a connection a door hands to the broker.
+type ConnInfo struct {
+	// Door is the way the client came in.
+	Door Door
+	// RemoteAddr is the client's real address when it differs from the
+	// socket's (trusted proxies, PROXY protocol). Nil means conn.RemoteAddr().
+	RemoteAddr net.Addr
+	// TLS is the state of the TLS connection the client came through.
+	TLS *tls.ConnectionState
+	// AllowAnonymous overrides the policy's allow_anonymous for this door.
+	AllowAnonymous *bool
+}
+
+// Broker is one MQTT broker shared by all doors.
+type Broker struct {
+	srv  *mqtt.Server
+	opts Options
+	log  *slog.Logger
+
+	policy atomic.Pointer[policyBox]
+
+	mu      sync.Mutex
+	closing bool
+	conns   map[*clientConn]struct{}
+	serving sync.WaitGroup
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// policyBox lets an interface value live behind an atomic.Pointer.
+type policyBox struct{ Policy }
+
+// New creates a broker and starts its housekeeping (expiry, $SYS, delayed
+// wills). It opens no sockets.
+func New(opts Options, policy Policy) (*Broker, error) {
+	opts = opts.WithDefaults()
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = opts.MaxPacketSize
+	caps.MaximumClientWritesPending = opts.MaxQueuedMessages
+	caps.MaximumInflight = opts.MaxInflightMessages
+	caps.ReceiveMaximum = opts.ReceiveMaximum
+	caps.MaximumMessageExpiryInterval = int64(opts.MaxMessageExpiry / time.Second)
+	if opts.MaxSessionExpiry > 0 {
+		caps.MaximumSessionExpiryInterval = uint32(min(opts.MaxSessionExpiry/time.Second, math.MaxUint32))
+	}
+	if opts.MaxClients > 0 {
+		caps.MaximumClients = opts.MaxClients
+	}
+
+	b := &Broker{
+		opts:  opts,
+		log:   opts.Logger,
+		conns: make(map[*clientConn]struct{}),
+	}
+	if policy == nil {
+		policy = AnonymousPolicy{}
+	}
+	b.SetPolicy(policy)
+
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 opts.Logger,
+		SysTopicResendInterval: int64(max(opts.SysInterval/time.Second, 1)),
+		InlineClient:           true,
+	})
+	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
+		return nil, err
+	}
+	// mochi's Close only disconnects clients of registered listeners, so each
+	// door is a listener that accepts nothing by itself.
+	for _, d := range Doors {
+		if err := b.srv.AddListener(&doorListener{id: string(d)}); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.srv.Serve(); err != nil {
+		return nil, fmt.Errorf("starting mqtt broker: %w", err)
+	}
+	return b, nil
+}
+
+// SetPolicy makes p the policy in force. Sessions are not touched: every
+// later check uses p. The returned function puts the previous policy back,
+// but only while p is still in force, so a config that is replaced by a newer
+// one cannot undo the newer one's policy.
+func (b *Broker) SetPolicy(p Policy) (restore func()) {
+	box := &policyBox{p}
+	old := b.policy.Swap(box)
+	return func() {
+		if old != nil {
+			b.policy.CompareAndSwap(box, old)
+		}
+	}
+}
+
+// Policy returns the policy in force.
+func (b *Broker) Policy() Policy { return b.policy.Load().Policy }
+
+// Server gives access to the underlying mochi server, for publishing from
+// inside the process and for reading its counters.
+func (b *Broker) Server() *mqtt.Server { return b.srv }
+
+// Options returns the options the broker was created with (defaults filled).
+func (b *Broker) Options() Options { return b.opts }
+
+// Serve runs one client connection until the client leaves or the broker
+// shuts down. The caller keeps conn open until Serve returns. A client that
+// leaves normally gives a nil error.
+func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
+	if info.Door == "" {
+		return errors.New("mqtt: connection without a door")
+	}
+	cc := &clientConn{Conn: conn, info: info}
+	b.mu.Lock()
+	if b.closing {
+		b.mu.Unlock()
+		_ = conn.Close()
+		return ErrClosed
+	}
+	b.conns[cc] = struct{}{}
+	b.serving.Add(1)
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.conns, cc)
+		b.mu.Unlock()
+		b.serving.Done()
+	}()
+
+	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
+	// one with the keepalive deadline.
+	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
+	err := b.srv.EstablishConnection(string(info.Door), cc)
+	return normalizeErr(err)
+}
+
+// normalizeErr maps the ways a session ends normally to nil.
+func normalizeErr(err error) error {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, packets.ErrServerShuttingDown) || errors.Is(err, packets.ErrSessionTakenOver) ||
+		errors.Is(err, packets.CodeDisconnect) {
+		return nil
+	}
+	var code packets.Code
+	if errors.As(err, &code) && code.Code == packets.CodeSuccess.Code {
+		return nil
+	}
+	return err
+}
+
+// Clients returns the number of connections currently being served,
+// including those that have not sent CONNECT yet.
+func (b *Broker) Clients() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
+}
+
+// Shutdown disconnects every client and stops the broker. MQTT 5 clients get
+// DISCONNECT with reason 0x8B (server shutting down); MQTT 3 clients, which
+// have no server-sent DISCONNECT, see their connection closed. When ctx ends
+// first, the remaining connections are closed hard. Only the first call does
+// anything; later calls return its result.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.shutdownOnce.Do(func() { b.shutdownErr = b.shutdown(ctx) })
+	return b.shutdownErr
+}
+
+func (b *Broker) shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	b.closing = true
+	b.mu.Unlock()
+
+	// Connections that never sent CONNECT are unknown to mochi.
+	b.closeConns(func(cc *clientConn) bool { return !cc.established.Load() })
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Inline || cl.Closed() {
+			continue
+		}
+		if cl.Properties.ProtocolVersion >= 5 {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		} else {
+			cl.Stop(packets.ErrServerShuttingDown)
+		}
+	}
+
+	done := make(chan struct{})
+	go func() { b.serving.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// A client that was between its CONNECT check and registration when
+		// the loop above ran: close whatever is left.
+		err = fmt.Errorf("mqtt: closing remaining connections: %w", ctx.Err())
+		b.closeConns(func(*clientConn) bool { return true })
+		<-done
+	}
+	// No Serve is running any more, so mochi's own wait group is idle and
+	// Close only stops listeners, hooks and storage.
+	if cerr := b.srv.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (b *Broker) closeConns(which func(*clientConn) bool) {
+	b.mu.Lock()
+	var list []*clientConn
+	for cc := range b.conns {
+		if which(cc) {
+			list = append(list, cc)
+		}
+	}
+	b.mu.Unlock()
+	for _, cc := range list {
+		_ = cc.Close()
+	}
+}
+
+func (b *Broker) isClosing() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closing
+}
+
+// clientConn is a connection handed over by a door, carrying what the door
+// knows about it to the hooks.
+type clientConn struct {
+	net.Conn
+	info        ConnInfo
+	client      atomic.Pointer[Client]
+	established atomic.Bool
+}
+
+// RemoteAddr reports the client's real address when the door knows it.
+func (c *clientConn) RemoteAddr() net.Addr {
+	if c.info.RemoteAddr != nil {
+		return c.info.RemoteAddr
+	}
+	return c.Conn.RemoteAddr()
+}
+
+// doorListener is a mochi listener that accepts nothing; it exists so that
+// mochi's Close disconnects the clients of its door.
+type doorListener struct{ id string }
+
+func (l *doorListener) Init(*slog.Logger) error              { return nil }
+func (l *doorListener) Serve(listeners.EstablishFn)          {}
+func (l *doorListener) ID() string                           { return l.id }
+func (l *doorListener) Address() string                      { return "caddy:" + l.id }
+func (l *doorListener) Protocol() string                     { return l.id }
+func (l *doorListener) Close(closeClients listeners.CloseFn) { closeClients(l.id) }

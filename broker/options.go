@@ -1,0 +1,90 @@
+package broker
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Options are the broker settings that are fixed for the life of a broker.
+// They are read once, when the broker is created; a Caddy config reload that
+// changes them only takes effect after a restart.
+type Options struct {
+	// MaxPacketSize is the largest MQTT packet, in bytes, a client may send.
+	// Larger packets are rejected from the fixed header, before anything is
+	// allocated. Default 1 MiB; mochi's own default is unlimited.
+	MaxPacketSize uint32
+
+	// MaxQueuedMessages bounds the packets waiting to be written to one client
+	// (mosquitto's max_queued_messages). When a subscriber does not read, QoS 0
+	// messages beyond this are dropped and counted; QoS 1/2 ones stay in the
+	// client's in-flight store. Default 1000; mochi's default of 8192
+	// allocates 64 KiB per client before CONNECT.
+	MaxQueuedMessages int32
+
+	// MaxInflightMessages bounds the QoS 1/2 messages stored per client
+	// (mosquitto's max_inflight_messages). Default 8192.
+	MaxInflightMessages uint16
+
+	// ReceiveMaximum is the number of unacknowledged QoS 1/2 publishes the
+	// broker accepts from one client at a time. Default 1024.
+	ReceiveMaximum uint16
+
+	// MaxClients caps the connected clients over all doors (0 = no limit).
+	MaxClients int64
+
+	// ConnectTimeout is how long a new connection may take to send CONNECT.
+	// Default 10 s.
+	ConnectTimeout time.Duration
+
+	// SysInterval is how often $SYS topics are published (mosquitto's
+	// sys_interval). Default 10 s.
+	SysInterval time.Duration
+
+	// MaxMessageExpiry caps how long messages and retained messages are kept
+	// when the publisher sets no expiry. Zero (the default) keeps them until
+	// replaced, as mosquitto does; mochi's default deletes them after 24 h.
+	MaxMessageExpiry time.Duration
+
+	// MaxSessionExpiry caps how long a disconnected persistent session is
+	// kept. Zero means no cap.
+	MaxSessionExpiry time.Duration
+
+	// Logger receives the broker's logs. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults used when an Options field is zero.
+const (
+	DefaultMaxPacketSize       = 1 << 20
+	DefaultMaxQueuedMessages   = 1000
+	DefaultMaxInflightMessages = 8192
+	DefaultReceiveMaximum      = 1024
+	DefaultConnectTimeout      = 10 * time.Second
+	DefaultSysInterval         = 10 * time.Second
+)
+
+// WithDefaults returns o with every zero field set to its default.
+func (o Options) WithDefaults() Options {
+	if o.MaxPacketSize == 0 {
+		o.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if o.MaxQueuedMessages <= 0 {
+		o.MaxQueuedMessages = DefaultMaxQueuedMessages
+	}
+	if o.MaxInflightMessages == 0 {
+		o.MaxInflightMessages = DefaultMaxInflightMessages
+	}
+	if o.ReceiveMaximum == 0 {
+		o.ReceiveMaximum = DefaultReceiveMaximum
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.SysInterval <= 0 {
+		o.SysInterval = DefaultSysInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}

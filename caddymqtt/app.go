@@ -1,0 +1,231 @@
+// Package caddymqtt is the Caddy side of caddy-mqtt: the "mqtt" app that owns
+// the broker, the http.handlers.mqtt WebSocket door and the Caddyfile syntax.
+package caddymqtt
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// brokers holds the process's broker across config reloads: each config's
+// App takes a reference in Provision and drops it in Cleanup, so the broker
+// (and every session in it) lives as long as some loaded config uses it and
+// is shut down when the last one goes (caddy stop).
+var brokers = caddy.NewUsagePool()
+
+const brokerKey = "mqtt"
+
+// App is the "mqtt" app: one MQTT broker shared by every door (the
+// http.handlers.mqtt WebSocket handler and the layer4.handlers.mqtt handler).
+//
+// Options marked "fixed" are read when the broker is first created; a reload
+// that changes them logs a warning and they apply after a restart. The others
+// apply on every reload without dropping a session.
+type App struct {
+	// Allow clients that send no username (mosquitto's allow_anonymous).
+	// Default false, as in mosquitto 2.x. A door's own allow_anonymous wins.
+	AllowAnonymous bool `json:"allow_anonymous,omitempty"`
+
+	// The largest MQTT packet a client may send, in bytes. Larger packets
+	// close the connection before anything is allocated. Default 1 MiB. Fixed.
+	MaxPacketSize int `json:"max_packet_size,omitempty"`
+
+	// Messages queued for writing to one client before QoS 0 messages are
+	// dropped (mosquitto's max_queued_messages). Default 1000. Fixed.
+	MaxQueuedMessages int `json:"max_queued_messages,omitempty"`
+
+	// QoS 1 and 2 messages kept in flight per client (mosquitto's
+	// max_inflight_messages). Default 8192. Fixed.
+	MaxInflightMessages int `json:"max_inflight_messages,omitempty"`
+
+	// Most clients connected at once over all doors; 0 means no limit
+	// (mosquitto's max_connections). Fixed.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// How long a new connection may take to send CONNECT. Default 10s. Fixed.
+	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
+
+	// How often $SYS topics are published. Default 10s. Fixed.
+	SysInterval caddy.Duration `json:"sys_interval,omitempty"`
+
+	// The longest a message (retained or queued) is kept when its publisher
+	// set no expiry. Default 0: kept until replaced, as in mosquitto. Fixed.
+	MaxMessageExpiry caddy.Duration `json:"max_message_expiry,omitempty"`
+
+	// How long `caddy stop` waits for clients to be disconnected before it
+	// closes the remaining connections. Default 3s.
+	ShutdownTimeout caddy.Duration `json:"shutdown_timeout,omitempty"`
+
+	shared  *sharedBroker
+	policy  broker.Policy
+	restore func()
+	logger  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "mqtt",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision takes a reference to the process's broker, creating the pooled
+// value on first use. The broker itself is started lazily (see Broker), so
+// `caddy validate` opens nothing.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	opts := a.brokerOptions()
+	val, loaded, err := brokers.LoadOrNew(brokerKey, func() (caddy.Destructor, error) {
+		return &sharedBroker{opts: opts, shutdownTimeout: a.shutdownTimeout()}, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.shared = val.(*sharedBroker)
+	if loaded {
+		a.shared.warnFixedChanges(a.logger, opts)
+	}
+	a.shared.setShutdownTimeout(a.shutdownTimeout())
+	a.policy = broker.AnonymousPolicy{Allow: a.AllowAnonymous}
+	return nil
+}
+
+// Validate checks the options.
+func (a *App) Validate() error {
+	switch {
+	case a.MaxPacketSize < 0 || a.MaxPacketSize > 268435455+5:
+		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", a.MaxPacketSize)
+	case a.MaxQueuedMessages < 0 || a.MaxQueuedMessages > 1<<20:
+		return fmt.Errorf("max_queued_messages %d out of range (0 to 1048576)", a.MaxQueuedMessages)
+	case a.MaxInflightMessages < 0 || a.MaxInflightMessages > 65535:
+		return fmt.Errorf("max_inflight_messages %d out of range (0 to 65535)", a.MaxInflightMessages)
+	case a.MaxConnections < 0:
+		return fmt.Errorf("max_connections must not be negative")
+	case a.ConnectTimeout < 0 || a.SysInterval < 0 || a.MaxMessageExpiry < 0 || a.ShutdownTimeout < 0:
+		return fmt.Errorf("durations must not be negative")
+	}
+	return nil
+}
+
+// Start makes this config's policy the one in force. Sessions stay.
+func (a *App) Start() error {
+	b, err := a.shared.get()
+	if err != nil {
+		return err
+	}
+	a.restore = b.SetPolicy(a.policy)
+	return nil
+}
+
+// Stop leaves the broker running: on a reload the next config already uses
+// it. If this config's policy is still in force (its config never went live,
+// or nothing replaced it) the previous policy is put back.
+func (a *App) Stop() error {
+	if a.restore != nil {
+		a.restore()
+	}
+	return nil
+}
+
+// Cleanup drops this config's reference to the broker; the last reference
+// shuts it down.
+func (a *App) Cleanup() error {
+	_, err := brokers.Delete(brokerKey)
+	return err
+}
+
+// Broker returns the running broker, starting it on first use.
+func (a *App) Broker() (*broker.Broker, error) { return a.shared.get() }
+
+func (a *App) brokerOptions() broker.Options {
+	return broker.Options{
+		MaxPacketSize:       uint32(a.MaxPacketSize),
+		MaxQueuedMessages:   int32(a.MaxQueuedMessages),
+		MaxInflightMessages: uint16(a.MaxInflightMessages),
+		MaxClients:          int64(a.MaxConnections),
+		ConnectTimeout:      time.Duration(a.ConnectTimeout),
+		SysInterval:         time.Duration(a.SysInterval),
+		MaxMessageExpiry:    time.Duration(a.MaxMessageExpiry),
+		Logger:              slog.New(zapslog.NewHandler(caddy.Log().Core(), zapslog.WithName("mqtt.broker"))),
+	}.WithDefaults()
+}
+
+func (a *App) shutdownTimeout() time.Duration {
+	if a.ShutdownTimeout > 0 {
+		return time.Duration(a.ShutdownTimeout)
+	}
+	return 3 * time.Second
+}
+
+// sharedBroker is the pooled value. The broker is created on first use rather
+// than in Provision so that validating a config starts nothing.
+type sharedBroker struct {
+	opts broker.Options
+
+	mu              sync.Mutex
+	b               *broker.Broker
+	err             error
+	shutdownTimeout time.Duration
+}
+
+func (s *sharedBroker) get() (*broker.Broker, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b == nil && s.err == nil {
+		s.b, s.err = broker.New(s.opts, nil)
+	}
+	return s.b, s.err
+}
+
+func (s *sharedBroker) setShutdownTimeout(d time.Duration) {
+	s.mu.Lock()
+	s.shutdownTimeout = d
+	s.mu.Unlock()
+}
+
+// warnFixedChanges tells the operator which options of a reload only apply
+// after a restart.
+func (s *sharedBroker) warnFixedChanges(log *zap.Logger, next broker.Options) {
+	cur := s.opts
+	cur.Logger, next.Logger = nil, nil
+	if cur != next {
+		log.Warn("broker limits changed; they apply after a restart, running sessions keep the old ones",
+			zap.Any("running", cur), zap.Any("configured", next))
+	}
+}
+
+// Destruct shuts the broker down when the last config using it is unloaded.
+func (s *sharedBroker) Destruct() error {
+	s.mu.Lock()
+	b, d := s.b, s.shutdownTimeout
+	s.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return b.Shutdown(ctx)
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*sharedBroker)(nil)
+)

@@ -1,0 +1,198 @@
+package caddymqtt
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("mqtt", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("mqtt", parseHandlerDirective)
+	// Before respond (which would answer the upgrade request itself) and
+	// before reverse_proxy.
+	httpcaddyfile.RegisterDirectiveOrder("mqtt", httpcaddyfile.Before, "respond")
+}
+
+// parseGlobalOption sets up the mqtt app from the global option. Syntax:
+//
+//	mqtt {
+//		allow_anonymous [true|false]
+//		max_packet_size <size>
+//		max_queued_messages <n>
+//		max_inflight_messages <n>
+//		max_connections <n>
+//		connect_timeout <duration>
+//		sys_interval <duration>
+//		max_message_expiry <duration>
+//		shutdown_timeout <duration>
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(App)
+	if existing != nil {
+		prev, ok := existing.(httpcaddyfile.App)
+		if !ok {
+			return nil, d.Errf("existing mqtt config of unexpected type %T", existing)
+		}
+		if err := json.Unmarshal(prev.Value, app); err != nil {
+			return nil, d.Errf("parsing existing mqtt config: %v", err)
+		}
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "mqtt", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens (see
+// parseGlobalOption for the syntax).
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		var err error
+		switch opt {
+		case "allow_anonymous":
+			a.AllowAnonymous, err = ParseBoolArg(d)
+		case "max_packet_size":
+			a.MaxPacketSize, err = parseSizeArg(d)
+		case "max_queued_messages":
+			a.MaxQueuedMessages, err = parseIntArg(d)
+		case "max_inflight_messages":
+			a.MaxInflightMessages, err = parseIntArg(d)
+		case "max_connections":
+			a.MaxConnections, err = parseIntArg(d)
+		case "connect_timeout":
+			a.ConnectTimeout, err = parseDurationArg(d)
+		case "sys_interval":
+			a.SysInterval, err = parseDurationArg(d)
+		case "max_message_expiry":
+			a.MaxMessageExpiry, err = parseDurationArg(d)
+		case "shutdown_timeout":
+			a.ShutdownTimeout, err = parseDurationArg(d)
+		default:
+			return d.Errf("unknown mqtt option '%s'", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseHandlerDirective sets up the WebSocket handler. Syntax:
+//
+//	mqtt [<matcher>] {
+//		allow_anonymous [true|false]
+//		allowed_origins <patterns...>
+//	}
+func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens (see
+// parseHandlerDirective for the syntax).
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "allow_anonymous":
+			v, err := ParseBoolArg(d)
+			if err != nil {
+				return err
+			}
+			h.AllowAnonymous = &v
+		case "allowed_origins":
+			origins := d.RemainingArgs()
+			if len(origins) == 0 {
+				return d.ArgErr()
+			}
+			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
+		default:
+			return d.Errf("unknown mqtt option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// ParseBoolArg reads an optional true/false after the current token; a bare
+// option means true.
+func ParseBoolArg(d *caddyfile.Dispenser) (bool, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return true, nil
+	}
+	v, err := strconv.ParseBool(d.Val())
+	if err != nil {
+		return false, d.Errf("%s: want true or false, got '%s'", opt, d.Val())
+	}
+	if d.NextArg() {
+		return false, d.ArgErr()
+	}
+	return v, nil
+}
+
+func parseIntArg(d *caddyfile.Dispenser) (int, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n < 0 {
+		return 0, d.Errf("%s: want a whole number, got '%s'", opt, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return n, nil
+}
+
+func parseSizeArg(d *caddyfile.Dispenser) (int, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(d.Val())
+	if err != nil || n > 1<<31 {
+		return 0, d.Errf("%s: want a size such as 256KiB or 1MB, got '%s'", opt, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return int(n), nil
+}
+
+func parseDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil {
+		return 0, d.Errf("%s: want a duration such as 10s, got '%s': %v", opt, d.Val(), err)
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return caddy.Duration(dur), nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

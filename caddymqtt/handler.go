@@ -1,0 +1,189 @@
+package caddymqtt
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker"
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Subprotocols are the WebSocket subprotocols the handler speaks, in order of
+// preference: "mqtt" (MQTT 3.1.1 and 5), "mqttv3.1" (what MQTT.js and paho
+// offer for protocol level 3) and "mqttv3.1.1", which some older clients send.
+var Subprotocols = []string{"mqtt", "mqttv3.1", "mqttv3.1.1"}
+
+// Handler is the WebSocket door to the broker: it upgrades MQTT-over-WebSocket
+// requests and hands the connection to the mqtt app's broker. Requests that
+// are not WebSocket upgrades go to the next handler, so one route can serve a
+// page and the broker at the same path.
+type Handler struct {
+	// Origins (host patterns, as in path.Match, or scheme://host patterns)
+	// allowed besides the request's own host. Browsers send Origin; by
+	// default only pages of the same host may connect, which keeps other
+	// sites from using a visitor's browser against the broker. "*" allows
+	// every origin.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+
+	// Allow clients without a username on this door, overriding the mqtt
+	// app's allow_anonymous.
+	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
+
+	app    *App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mqtt",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision finds the mqtt app (loading it with defaults if the config has
+// none).
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	app, err := ctx.App("mqtt")
+	if err != nil {
+		return err
+	}
+	h.app = app.(*App)
+	return nil
+}
+
+// Validate checks the origin patterns.
+func (h *Handler) Validate() error {
+	for _, p := range h.AllowedOrigins {
+		if strings.TrimSpace(p) == "" {
+			return errors.New("allowed_origins: empty pattern")
+		}
+	}
+	return nil
+}
+
+// ServeHTTP upgrades MQTT-over-WebSocket requests and serves the MQTT session
+// for as long as it lasts; other requests go to next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !isWebSocketUpgrade(r) {
+		return next.ServeHTTP(w, r)
+	}
+	if offered := r.Header.Values("Sec-WebSocket-Protocol"); len(offered) > 0 && !offersMQTT(offered) {
+		// A browser that offered subprotocols fails the handshake when none
+		// is echoed; say why instead of upgrading to something it rejects.
+		return caddyhttp.Error(http.StatusBadRequest,
+			errors.New("websocket subprotocol must be one of mqtt, mqttv3.1, mqttv3.1.1"))
+	}
+	b, err := h.app.Broker()
+	if err != nil {
+		return caddyhttp.Error(http.StatusServiceUnavailable, err)
+	}
+
+	// The session outlives the server's read/write timeouts.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+
+	opts := &websocket.AcceptOptions{Subprotocols: Subprotocols}
+	for _, p := range h.AllowedOrigins {
+		if p == "*" {
+			opts.InsecureSkipVerify = true
+		}
+	}
+	if !opts.InsecureSkipVerify {
+		opts.OriginPatterns = h.AllowedOrigins
+	}
+	ws, err := websocket.Accept(w, r, opts)
+	if err != nil {
+		// Accept has written the error response (bad handshake, origin).
+		h.logger.Debug("websocket upgrade refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		return nil
+	}
+	// MQTT packets can be as large as the broker allows and may span frames;
+	// the broker enforces its own packet limit.
+	ws.SetReadLimit(-1)
+
+	door := broker.DoorWS
+	if r.TLS != nil {
+		door = broker.DoorWSS
+	}
+	// The connection must not end with the request: its context is tied to
+	// the broker's session, which Serve ends by closing the conn.
+	conn := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	err = b.Serve(conn, broker.ConnInfo{
+		Door:           door,
+		RemoteAddr:     clientAddr(r),
+		TLS:            r.TLS,
+		AllowAnonymous: h.AllowAnonymous,
+	})
+	_ = conn.Close()
+	if err != nil {
+		h.logger.Debug("mqtt websocket session ended", zap.String("remote", r.RemoteAddr), zap.Error(err))
+	}
+	return nil
+}
+
+func isWebSocketUpgrade(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") &&
+		headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func offersMQTT(values []string) bool {
+	for _, v := range values {
+		for _, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			for _, sp := range Subprotocols {
+				if strings.EqualFold(t, sp) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// clientAddr is the client's address as Caddy sees it: the real client IP
+// when the request came through one of the server's trusted_proxies, with the
+// port of the connection.
+func clientAddr(r *http.Request) net.Addr {
+	ipStr, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	ip := net.ParseIP(ipStr)
+	if ip == nil {
+		return nil
+	}
+	_, portStr, _ := net.SplitHostPort(r.RemoteAddr)
+	port, _ := strconv.Atoi(portStr)
+	return &net.TCPAddr{IP: ip, Port: port}
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
