@@ -53,7 +53,7 @@ test)
 	unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 	[ -z "$unformatted" ] || { echo "gofmt needed: $unformatted" >&2; exit 1; }
 	go test -race -count=1 -timeout 20m "$@" ./...
-	if [ -f firmware/Makefile ]; then make -C firmware check; fi
+	if [ -f firmware/Makefile ]; then make -C firmware check check-sim; fi
 	;;
 *)
 	echo "usage: $0 [build|run|test] ..." >&2
