@@ -35,6 +35,9 @@ type ConnInfo struct {
 	TLS *tls.ConnectionState
 	// AllowAnonymous overrides the policy's allow_anonymous for this door.
 	AllowAnonymous *bool
+	// Identity overrides the policy's use_identity_as_username /
+	// use_subject_as_username for this door (IdentityDefault: the policy's).
+	Identity IdentitySource
 }
 
 // Broker is one MQTT broker shared by all doors.

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -44,14 +45,48 @@ func (h *dispatchHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		_ = h.b.srv.SendConnack(cl, packets.ErrClientIdentifierNotValid, false, nil)
 		return packets.ErrClientIdentifierNotValid
 	}
-	cc.client.Store(&Client{
+	c := &Client{
 		ID:             cl.ID,
 		Username:       string(cl.Properties.Username),
 		Door:           cc.info.Door,
 		RemoteAddr:     cl.Net.Remote,
 		TLS:            cc.info.TLS,
 		AllowAnonymous: cc.info.AllowAnonymous,
-	})
+	}
+	if err := h.certIdentity(cl, cc, c); err != nil {
+		h.b.log.Info("mqtt connection refused",
+			"client", c.ID, "username", c.Username, "door", string(c.Door),
+			"remote", c.RemoteAddr, "reason", err.Error())
+		_ = h.b.srv.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil)
+		return packets.ErrBadUsernameOrPassword
+	}
+	cc.client.Store(c)
+	return nil
+}
+
+// certIdentity applies use_identity_as_username / use_subject_as_username
+// (the door's setting, else the policy's) to a TLS connection: the username
+// becomes the verified certificate's CN or subject, replacing whatever the
+// client sent, as in mosquitto. Like mosquitto, a client without a verified
+// certificate is refused on such a door rather than let in on its CONNECT
+// username. Plain connections carry no certificate and are left alone.
+func (h *dispatchHook) certIdentity(cl *mqtt.Client, cc *clientConn, c *Client) error {
+	src := cc.info.Identity
+	if src == IdentityDefault {
+		if ip, ok := h.b.Policy().(IdentityPolicy); ok {
+			src = ip.IdentitySource()
+		}
+	}
+	if !src.fromCert() || cc.info.TLS == nil {
+		return nil
+	}
+	name, err := CertUsername(cc.info.TLS, src)
+	if err != nil {
+		return fmt.Errorf("%v: %w", src, err)
+	}
+	c.Username, c.CertIdentity = name, true
+	// mochi and other hooks see the same username.
+	cl.Properties.Username = []byte(name)
 	return nil
 }
 

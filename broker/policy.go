@@ -58,6 +58,10 @@ type Client struct {
 	// AllowAnonymous is the door's own allow_anonymous setting, nil when
 	// the door leaves it to the policy.
 	AllowAnonymous *bool
+	// CertIdentity is true when Username was taken from the client's
+	// verified TLS certificate (use_identity_as_username or
+	// use_subject_as_username); the certificate is its credential.
+	CertIdentity bool
 }
 
 // ErrNotAuthorized is returned by a Policy that refuses a CONNECT.

@@ -69,6 +69,9 @@ type App struct {
 	// closes the remaining connections. Default 3s.
 	ShutdownTimeout caddy.Duration `json:"shutdown_timeout,omitempty"`
 
+	// Users, ACL and certificate identity (password_file, acl_file, ...).
+	AuthConfig
+
 	shared  *sharedBroker
 	policy  broker.Policy
 	restore func()
@@ -100,7 +103,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.shared.warnFixedChanges(a.logger, opts)
 	}
 	a.shared.setShutdownTimeout(a.shutdownTimeout())
-	a.policy = broker.AnonymousPolicy{Allow: a.AllowAnonymous}
+	// Read the password and ACL files now, so that `caddy validate` and a
+	// failed reload report their errors; Start swaps the policy in.
+	policy, err := a.BuildPolicy(a.AllowAnonymous)
+	if err != nil {
+		return err
+	}
+	a.policy = policy
 	return nil
 }
 

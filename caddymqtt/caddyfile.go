@@ -32,6 +32,16 @@ func init() {
 //		sys_interval <duration>
 //		max_message_expiry <duration>
 //		shutdown_timeout <duration>
+//		password_file <path>
+//		acl_file <path>
+//		user <name> <password hash>
+//		acl {
+//			user <name>
+//			topic [read|write|readwrite|deny] <filter>
+//			pattern [read|write|readwrite|deny] <filter>
+//		}
+//		use_identity_as_username [true|false]
+//		use_subject_as_username [true|false]
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
@@ -80,7 +90,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "shutdown_timeout":
 			a.ShutdownTimeout, err = parseDurationArg(d)
 		default:
-			return d.Errf("unknown mqtt option '%s'", opt)
+			var ok bool
+			if ok, err = a.unmarshalAuthOption(d); !ok {
+				return d.Errf("unknown mqtt option '%s'", opt)
+			}
 		}
 		if err != nil {
 			return err
@@ -94,6 +107,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	mqtt [<matcher>] {
 //		allow_anonymous [true|false]
 //		allowed_origins <patterns...>
+//		use_identity_as_username [true|false]
+//		use_subject_as_username [true|false]
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -123,7 +138,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
 		default:
-			return d.Errf("unknown mqtt option '%s'", d.Val())
+			ok, err := UnmarshalDoorOption(d, &h.UseIdentityAsUsername, &h.UseSubjectAsUsername)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return d.Errf("unknown mqtt option '%s'", d.Val())
+			}
 		}
 	}
 	return nil

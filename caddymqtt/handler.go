@@ -42,6 +42,12 @@ type Handler struct {
 	// app's allow_anonymous.
 	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
 
+	// Take usernames from verified client certificates on this door
+	// (overriding the mqtt app's setting). Needs the site's TLS
+	// client_auth with mode require_and_verify (or verify_if_given).
+	UseIdentityAsUsername *bool `json:"use_identity_as_username,omitempty"`
+	UseSubjectAsUsername  *bool `json:"use_subject_as_username,omitempty"`
+
 	app    *App
 	logger *zap.Logger
 }
@@ -129,6 +135,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		RemoteAddr:     clientAddr(r),
 		TLS:            r.TLS,
 		AllowAnonymous: h.AllowAnonymous,
+		Identity:       DoorIdentity(h.UseIdentityAsUsername, h.UseSubjectAsUsername),
 	})
 	_ = conn.Close()
 	if err != nil {

@@ -30,6 +30,12 @@ type Handler struct {
 	// app's allow_anonymous.
 	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
 
+	// Take usernames from verified client certificates on this door
+	// (overriding the mqtt app's setting). Needs client_auth with mode
+	// require_and_verify (or verify_if_given) in the tls handler before it.
+	UseIdentityAsUsername *bool `json:"use_identity_as_username,omitempty"`
+	UseSubjectAsUsername  *bool `json:"use_subject_as_username,omitempty"`
+
 	app    *caddymqtt.App
 	logger *zap.Logger
 }
@@ -61,7 +67,11 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if err != nil {
 		return err
 	}
-	info := broker.ConnInfo{Door: broker.DoorTCP, AllowAnonymous: h.AllowAnonymous}
+	info := broker.ConnInfo{
+		Door:           broker.DoorTCP,
+		AllowAnonymous: h.AllowAnonymous,
+		Identity:       caddymqtt.DoorIdentity(h.UseIdentityAsUsername, h.UseSubjectAsUsername),
+	}
 	if states, _ := cx.GetVar(layer4.TLSConnectionStatesVarName).([]*tls.ConnectionState); len(states) > 0 {
 		info.Door = broker.DoorTLS
 		info.TLS = states[len(states)-1]
@@ -85,6 +95,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //
 //	mqtt {
 //		allow_anonymous [true|false]
+//		use_identity_as_username [true|false]
+//		use_subject_as_username [true|false]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
@@ -100,7 +112,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.AllowAnonymous = &v
 		default:
-			return d.Errf("unknown mqtt option '%s'", d.Val())
+			ok, err := caddymqtt.UnmarshalDoorOption(d, &h.UseIdentityAsUsername, &h.UseSubjectAsUsername)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return d.Errf("unknown mqtt option '%s'", d.Val())
+			}
 		}
 	}
 	return nil

@@ -1,0 +1,115 @@
+package broker
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker/auth"
+)
+
+func TestAuthPolicyAuthenticate(t *testing.T) {
+	hash, err := auth.HashPasswordPBKDF2("secret", 101, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := auth.ParsePasswordFile(strings.NewReader("alice:"+hash+"\n"), "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes, no := true, false
+	type tc struct {
+		name     string
+		policy   AuthPolicy
+		client   Client
+		password []byte
+		ok       bool
+	}
+	withPW := func(anon bool) AuthPolicy { return AuthPolicy{Passwords: pw, AllowAnonymous: anon} }
+	for _, c := range []tc{
+		// No username.
+		{"anon refused by default", AuthPolicy{}, Client{}, nil, false},
+		{"anon allowed", AuthPolicy{AllowAnonymous: true}, Client{}, nil, true},
+		{"anon door override allows", AuthPolicy{}, Client{AllowAnonymous: &yes}, nil, true},
+		{"anon door override refuses", AuthPolicy{AllowAnonymous: true}, Client{AllowAnonymous: &no}, nil, false},
+		{"anon with password file refused", withPW(false), Client{}, nil, false},
+		{"anon with password file allowed", withPW(true), Client{}, nil, true},
+		{"empty username is anonymous", withPW(false), Client{Username: ""}, []byte("x"), false},
+		// Password file.
+		{"right password", withPW(false), Client{Username: "alice"}, []byte("secret"), true},
+		{"wrong password", withPW(false), Client{Username: "alice"}, []byte("nope"), false},
+		{"no password", withPW(false), Client{Username: "alice"}, nil, false},
+		{"empty password", withPW(false), Client{Username: "alice"}, []byte{}, false},
+		{"unknown user", withPW(false), Client{Username: "bob"}, []byte("secret"), false},
+		// mosquitto 2.0.11: with allow_anonymous true an unknown user is
+		// still refused once a password file exists.
+		{"unknown user, anonymous on", withPW(true), Client{Username: "bob"}, []byte("secret"), false},
+		{"wrong password, door anonymous on", withPW(false), Client{Username: "alice", AllowAnonymous: &yes}, []byte("x"), false},
+		// No password file: mosquitto 2.0 refuses usernames unless
+		// anonymous access is on, then accepts any.
+		{"username, no users, anonymous off", AuthPolicy{}, Client{Username: "alice"}, []byte("x"), false},
+		{"username, no users, anonymous on", AuthPolicy{AllowAnonymous: true}, Client{Username: "alice"}, []byte("x"), true},
+		{"username, no users, door anonymous on", AuthPolicy{}, Client{Username: "alice", AllowAnonymous: &yes}, nil, true},
+		// Certificate identity needs no password.
+		{"cert identity", withPW(false), Client{Username: "device1", CertIdentity: true}, nil, true},
+		{"cert identity, no users", AuthPolicy{}, Client{Username: "device1", CertIdentity: true}, nil, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.policy.Authenticate(&c.client, c.password)
+			if (err == nil) != c.ok {
+				t.Fatalf("Authenticate = %v, want ok=%v", err, c.ok)
+			}
+			if err != nil && !errors.Is(err, ErrNotAuthorized) {
+				t.Fatalf("error %v does not wrap ErrNotAuthorized", err)
+			}
+		})
+	}
+}
+
+func TestAuthPolicyAuthorize(t *testing.T) {
+	acl, err := auth.ParseACLFile(strings.NewReader(`
+topic read public/#
+user alice
+topic readwrite alice/#
+topic deny alice/secret
+pattern write devices/%u/out
+`), "acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &AuthPolicy{ACL: acl}
+	open := &AuthPolicy{}
+	alice := &Client{ID: "c1", Username: "alice"}
+	anon := &Client{ID: "c2"}
+	for _, c := range []struct {
+		p      *AuthPolicy
+		c      *Client
+		topic  string
+		access Access
+		want   bool
+	}{
+		{open, anon, "any/topic", AccessPublish, true},
+		{open, anon, "$SYS/broker/x", AccessPublish, false},
+		{open, anon, "$SYS/#", AccessSubscribe, true},
+		{open, anon, "$SYS/broker/uptime", AccessRead, true},
+		{p, alice, "alice/x", AccessPublish, true},
+		{p, alice, "alice/secret", AccessPublish, false},
+		{p, alice, "alice/secret", AccessRead, false},
+		{p, alice, "alice/#", AccessSubscribe, true},
+		{p, alice, "bob/x", AccessPublish, false},
+		{p, alice, "devices/alice/out", AccessPublish, true},
+		{p, alice, "devices/alice/out", AccessRead, false},
+		{p, alice, "public/news", AccessRead, false}, // anonymous rules are not alice's
+		{p, anon, "public/news", AccessRead, true},
+		{p, anon, "public/#", AccessSubscribe, true},
+		{p, anon, "public/news", AccessPublish, false},
+		{p, anon, "$share/g/public/news", AccessRead, true}, // wildcard-free shared subscription
+		{p, anon, "$share/g/other", AccessRead, false},
+		{p, anon, "devices/x/out", AccessPublish, false},
+		{p, &Client{ID: "c3", Username: "dev1", CertIdentity: true}, "devices/dev1/out", AccessPublish, true},
+	} {
+		if got := c.p.Authorize(c.c, c.topic, c.access); got != c.want {
+			t.Errorf("user %q %v %q = %v, want %v", c.c.Username, c.access, c.topic, got, c.want)
+		}
+	}
+}
