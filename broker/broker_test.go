@@ -1,0 +1,170 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.golang/paho"
+)
+
+// testBroker runs a broker whose tcp door is a real loopback listener.
+type testBroker struct {
+	*Broker
+	addr string
+}
+
+func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
+	t.Helper()
+	b, err := New(opts, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_ = b.Serve(conn, ConnInfo{Door: DoorTCP})
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
+	})
+	return &testBroker{Broker: b, addr: ln.Addr().String()}
+}
+
+func (tb *testBroker) connect(t *testing.T, id string) (*paho.Client, chan *paho.Disconnect, *paho.Connack, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", tb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disc := make(chan *paho.Disconnect, 1)
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnServerDisconnect: func(d *paho.Disconnect) { disc <- d }})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ca, err := c.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true})
+	return c, disc, ca, err
+}
+
+func TestConnectDeadline(t *testing.T) {
+	tb := newTestBroker(t, Options{ConnectTimeout: 300 * time.Millisecond}, AnonymousPolicy{Allow: true})
+	conn, err := net.Dial("tcp", tb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read: %v, want EOF from the broker closing", err)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond || took > 3*time.Second {
+		t.Fatalf("silent connection closed after %v, want about 300ms", took)
+	}
+}
+
+func TestAnonymousPolicy(t *testing.T) {
+	tb := newTestBroker(t, Options{}, AnonymousPolicy{Allow: false})
+	if _, _, ca, err := tb.connect(t, "a"); err == nil || ca == nil || ca.ReasonCode != 0x86 {
+		t.Fatalf("anonymous with allow_anonymous off: connack %+v err %v, want 0x86", ca, err)
+	}
+	// A reload's new policy applies to the next CONNECT.
+	restore := tb.SetPolicy(AnonymousPolicy{Allow: true})
+	if _, _, _, err := tb.connect(t, "b"); err != nil {
+		t.Fatalf("after SetPolicy(allow): %v", err)
+	}
+	restore()
+	if _, _, ca, err := tb.connect(t, "c"); err == nil || ca.ReasonCode != 0x86 {
+		t.Fatalf("after restore: connack %+v err %v, want 0x86", ca, err)
+	}
+}
+
+// A config that was replaced by a newer one must not undo the newer
+// config's policy when it stops.
+func TestRestoreOnlyWhileCurrent(t *testing.T) {
+	b, err := New(Options{}, AnonymousPolicy{Allow: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown(context.Background())
+	restoreOld := b.SetPolicy(AnonymousPolicy{Allow: true})
+	b.SetPolicy(AnonymousPolicy{Allow: false}) // the next config goes live
+	restoreOld()                               // the old config stops
+	if got := b.Policy().(AnonymousPolicy); got.Allow {
+		t.Fatal("old config's restore replaced the newer policy")
+	}
+}
+
+func TestInlineClientIDRefused(t *testing.T) {
+	tb := newTestBroker(t, Options{}, AnonymousPolicy{Allow: true})
+	if _, _, ca, err := tb.connect(t, "inline"); err == nil || ca == nil || ca.ReasonCode != 0x85 {
+		t.Fatalf("client id inline: connack %+v err %v, want 0x85", ca, err)
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	tb := newTestBroker(t, Options{ConnectTimeout: time.Minute}, AnonymousPolicy{Allow: true})
+	c, disc, _, err := tb.connect(t, "v5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	// A connection that never sends CONNECT, with a CONNECT deadline far
+	// beyond the shutdown timeout: shutdown must close it itself.
+	silent, err := net.Dial("tcp", tb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for tb.Clients() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := tb.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("shutdown took %v", took)
+	}
+	select {
+	case d := <-disc:
+		if d.ReasonCode != 0x8B {
+			t.Errorf("DISCONNECT reason %#x, want 0x8B", d.ReasonCode)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("v5 client got no DISCONNECT")
+	}
+	_ = silent.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("pending connection: read %v, want EOF", err)
+	}
+	if n := tb.Clients(); n != 0 {
+		t.Errorf("%d connections still served after shutdown", n)
+	}
+	// After shutdown the doors are shut.
+	a, bconn := net.Pipe()
+	defer bconn.Close()
+	if err := tb.Serve(a, ConnInfo{Door: DoorTCP}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Serve after shutdown: %v, want ErrClosed", err)
+	}
+}
