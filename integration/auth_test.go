@@ -79,6 +79,9 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed: .ci/run must install it", name)
+		}
 		t.Skipf("%s not installed (CI installs mosquitto and mosquitto-clients)", name)
 	}
 	return path

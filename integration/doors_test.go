@@ -142,9 +142,7 @@ func TestWillOnDrop(t *testing.T) {
 // 1883-style plain TCP and over TLS with --cafile set to Caddy's internal
 // root, as the README tells users to.
 func TestMosquittoClients(t *testing.T) {
-	if _, err := exec.LookPath("mosquitto_sub"); err != nil {
-		t.Skip("mosquitto-clients not installed (CI installs it)")
-	}
+	needTool(t, "mosquitto_sub")
 	c := startCaddy(t, "")
 	tcp := []string{"-h", "127.0.0.1", "-p", fmt.Sprint(c.Ports.TCP)}
 	tls := []string{"-h", "localhost", "-p", fmt.Sprint(c.Ports.TLS), "--cafile", c.RootPath()}
