@@ -35,6 +35,8 @@ type ConnInfo struct {
 	TLS *tls.ConnectionState
 	// AllowAnonymous overrides the policy's allow_anonymous for this door.
 	AllowAnonymous *bool
+	// Limits are the door's own connection and packet limits.
+	Limits DoorLimits
 	// Identity overrides the policy's use_identity_as_username /
 	// use_subject_as_username for this door (IdentityDefault: the policy's).
 	Identity IdentitySource
@@ -47,11 +49,15 @@ type Broker struct {
 	log  *slog.Logger
 
 	policy atomic.Pointer[policyBox]
+	ids    idLocks // see takeover.go
 
-	mu      sync.Mutex
-	closing bool
-	conns   map[*clientConn]struct{}
-	serving sync.WaitGroup
+	rate *rateLimiter // per client IP; nil when unlimited
+
+	mu        sync.Mutex
+	closing   bool
+	conns     map[*clientConn]struct{}
+	doorConns map[Door]int
+	serving   sync.WaitGroup
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -78,9 +84,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	}
 
 	b := &Broker{
-		opts:  opts,
-		log:   opts.Logger,
-		conns: make(map[*clientConn]struct{}),
+		opts:      opts,
+		log:       opts.Logger,
+		conns:     make(map[*clientConn]struct{}),
+		doorConns: make(map[Door]int),
+		rate:      newRateLimiter(opts.MaxConnectionRate, opts.ConnectionRateInterval),
 	}
 	if policy == nil {
 		policy = AnonymousPolicy{}
@@ -96,6 +104,22 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
 		return nil, err
 	}
+	order := &orderHook{b: b, holdAck: opts.Storage.Enabled()}
+	if err := b.srv.AddHook(order, nil); err != nil {
+		return nil, err
+	}
+	if opts.Storage.Enabled() {
+		// Opened here, once per broker; mochi reads it back in Serve and
+		// closes it in Close.
+		hook, config, err := opts.Storage.open()
+		if err != nil {
+			return nil, err
+		}
+		if err := b.srv.AddHook(hook, config); err != nil {
+			return nil, fmt.Errorf("opening mqtt storage: %w", err)
+		}
+		order.store = hook
+	}
 	// mochi's Close only disconnects clients of registered listeners, so each
 	// door is a listener that accepts nothing by itself.
 	for _, d := range Doors {
@@ -104,6 +128,7 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		}
 	}
 	if err := b.srv.Serve(); err != nil {
+		_ = b.srv.Close() // releases the storage file
 		return nil, fmt.Errorf("starting mqtt broker: %w", err)
 	}
 	return b, nil
@@ -141,18 +166,33 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 		return errors.New("mqtt: connection without a door")
 	}
 	cc := &clientConn{Conn: conn, info: info}
+	defer cc.releaseID() // see takeover.go
+	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < b.opts.MaxPacketSize {
+		cc.Conn = &packetLimitConn{Conn: conn, limit: lim}
+	}
+	if !b.rate.allow(hostOf(cc.RemoteAddr()), time.Now()) {
+		_ = conn.Close()
+		return ErrRateLimited
+	}
 	b.mu.Lock()
 	if b.closing {
 		b.mu.Unlock()
 		_ = conn.Close()
 		return ErrClosed
 	}
+	if max := info.Limits.MaxConnections; max > 0 && b.doorConns[info.Door] >= max {
+		b.mu.Unlock()
+		_ = conn.Close()
+		return ErrDoorFull
+	}
 	b.conns[cc] = struct{}{}
+	b.doorConns[info.Door]++
 	b.serving.Add(1)
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
 		delete(b.conns, cc)
+		b.doorConns[info.Door]--
 		b.mu.Unlock()
 		b.serving.Done()
 	}()
@@ -199,20 +239,37 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 func (b *Broker) shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closing = true
+	// A client that stopped reading blocks the broker's writes to it (and
+	// the DISCONNECT below) until its keepalive deadline, possibly minutes:
+	// give every write one common deadline, so any number of stalled
+	// clients cost at most this long together.
+	writeBy := time.Now().Add(2 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(writeBy) {
+		writeBy = d
+	}
+	for cc := range b.conns {
+		cc.capWrites(writeBy)
+	}
 	b.mu.Unlock()
 
 	// Connections that never sent CONNECT are unknown to mochi.
 	b.closeConns(func(cc *clientConn) bool { return !cc.established.Load() })
+	// In parallel, so that a stalled client's blocked write does not make
+	// the others miss the deadline.
+	var disconnecting sync.WaitGroup
 	for _, cl := range b.srv.Clients.GetAll() {
 		if cl.Net.Inline || cl.Closed() {
 			continue
 		}
-		if cl.Properties.ProtocolVersion >= 5 {
-			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
-		} else {
-			cl.Stop(packets.ErrServerShuttingDown)
-		}
+		disconnecting.Go(func() {
+			if cl.Properties.ProtocolVersion >= 5 {
+				_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			} else {
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
+		})
 	}
+	disconnecting.Wait()
 
 	done := make(chan struct{})
 	go func() { b.serving.Wait(); close(done) }()
@@ -261,6 +318,16 @@ type clientConn struct {
 	info        ConnInfo
 	client      atomic.Pointer[Client]
 	established atomic.Bool
+	unlockID    func() // see takeover.go
+	subscribing subscribing
+
+	// Ordering and durability state (storage.go).
+	wmu     sync.Mutex
+	holding bool
+	held    []byte
+	resend  resendOrder
+	// writeCap bounds every write deadline once shutdown starts (unix ns).
+	writeCap atomic.Int64
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

@@ -25,6 +25,11 @@ func (h *dispatchHook) Provides(b byte) bool {
 		mqtt.OnConnectAuthenticate,
 		mqtt.OnACLCheck,
 		mqtt.OnSessionEstablish,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnSubscribe,
+		mqtt.OnSubscribed,
+		mqtt.OnPacketEncode,
 	}, []byte{b})
 }
 
@@ -109,9 +114,10 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 }
 
 // OnACLCheck is called for publishes (write), for subscription filters and
-// for every delivery (read). mochi does not say which of the last two it is;
-// a filter with wildcards can only be a subscription, and for a filter without
-// wildcards the subscribe and read checks agree.
+// for every delivery (read). mochi does not say which of the last two it is:
+// a filter of the SUBSCRIBE being processed (see OnSubscribe) or one with
+// wildcards is a subscription; for a topic without wildcards the subscribe
+// and read checks agree anyway.
 func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	c := clientOf(cl)
 	if c == nil {
@@ -121,8 +127,14 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	switch {
 	case write:
 		access = AccessPublish
-	case strings.ContainsAny(topic, "+#"):
-		access = AccessSubscribe
+	default:
+		subscribing, refused := cl.Net.Conn.(*clientConn).subscribing.lookup(topic)
+		if refused {
+			return false
+		}
+		if subscribing || strings.ContainsAny(topic, "+#") {
+			access = AccessSubscribe
+		}
 	}
 	return h.b.Policy().Authorize(c, topic, access)
 }
@@ -132,7 +144,55 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 func (h *dispatchHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
 		cc.established.Store(true)
+		cc.holdID(&h.b.ids, cl.ID) // until the CONNACK is out
 	}
+}
+
+// OnSessionEstablished runs once the CONNACK is sent: the client id now
+// belongs to this connection.
+func (h *dispatchHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.releaseID()
+	}
+}
+
+// OnDisconnect runs before mochi decides whether to remove the client id
+// from its list; it waits while a new connection is taking the id over, and
+// holds the id until Serve returns.
+func (h *dispatchHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.holdID(&h.b.ids, cl.ID)
+	}
+}
+
+// OnPacketEncode keeps MQTT 5 packets away from MQTT 3 clients. mochi
+// refuses some CONNECTs with an MQTT 5 code it has no MQTT 3 mapping for
+// (0x82 for a wrong protocol name, version or reserved bit, 0x80 for an empty
+// client id without clean session) and writes it unchanged into an MQTT 3
+// CONNACK, where only return codes 0-5 exist. MQTT 3.1.1 requires return
+// code 2 for the empty client id [MQTT-3.1.3-8].
+func (h *dispatchHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion < 5 && pk.ReasonCode > 5 {
+		switch pk.ReasonCode {
+		case packets.ErrProtocolViolation.Code, packets.ErrUnsupportedProtocolVersion.Code:
+			pk.ReasonCode = packets.Err3UnsupportedProtocolVersion.Code
+		case packets.ErrUnspecifiedError.Code, packets.ErrClientIdentifierNotValid.Code:
+			pk.ReasonCode = packets.Err3ClientIdentifierNotValid.Code
+		case packets.ErrBadUsernameOrPassword.Code, packets.ErrNotAuthorized.Code:
+			pk.ReasonCode = packets.Err3NotAuthorized.Code
+		default:
+			pk.ReasonCode = packets.Err3ServerUnavailable.Code
+		}
+	}
+	if pk.FixedHeader.Type == packets.Disconnect && cl.Properties.ProtocolVersion < 5 {
+		// MQTT 3.1.1 has no DISCONNECT from the server (§3.14: it is the
+		// client's last packet), but mochi sends one on session takeover and
+		// to MQTT 3 publishers the ACL refuses. WritePacket drops a packet
+		// larger than Mods.MaxSize, and those callers close the connection
+		// whatever the write returns: MQTT 3 clients just see it closed.
+		pk.Mods.MaxSize = 1
+	}
+	return pk
 }
 
 func clientOf(cl *mqtt.Client) *Client {

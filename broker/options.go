@@ -49,6 +49,20 @@ type Options struct {
 	// kept. Zero means no cap.
 	MaxSessionExpiry time.Duration
 
+	// MaxSubscriptions caps the subscriptions one client holds (0 = no
+	// limit). Filters over the cap are refused in the SUBACK.
+	MaxSubscriptions int
+
+	// MaxConnectionRate is how many connections one client IP may open per
+	// ConnectionRateInterval (a token bucket: that many at once, then
+	// evenly spread). 0 means no limit.
+	MaxConnectionRate      int
+	ConnectionRateInterval time.Duration
+
+	// Storage keeps persistent sessions, retained and in-flight messages
+	// across restarts. The zero value keeps them in memory only.
+	Storage Storage
+
 	// Logger receives the broker's logs. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -82,6 +96,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.SysInterval <= 0 {
 		o.SysInterval = DefaultSysInterval
+	}
+	if o.MaxConnectionRate > 0 && o.ConnectionRateInterval <= 0 {
+		o.ConnectionRateInterval = time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

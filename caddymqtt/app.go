@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 	"go.uber.org/zap/exp/zapslog"
 
@@ -55,6 +56,17 @@ type App struct {
 	// (mosquitto's max_connections). Fixed.
 	MaxConnections int `json:"max_connections,omitempty"`
 
+	// Most subscriptions one client may hold; filters over it are refused
+	// in the SUBACK (reason 0x87). 0 means no limit. Fixed.
+	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
+
+	// How many connections one client IP may open per
+	// connection_rate_interval (default 1s): that many at once, then evenly
+	// spread. Connections over it are closed at once. 0 means no limit.
+	// Fixed.
+	MaxConnectionRate      int            `json:"max_connection_rate,omitempty"`
+	ConnectionRateInterval caddy.Duration `json:"connection_rate_interval,omitempty"`
+
 	// How long a new connection may take to send CONNECT. Default 10s. Fixed.
 	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
 
@@ -69,6 +81,17 @@ type App struct {
 	// closes the remaining connections. Default 3s.
 	ShutdownTimeout caddy.Duration `json:"shutdown_timeout,omitempty"`
 
+	// Where sessions, retained and in-flight messages are kept across
+	// restarts. Default: memory only. Fixed. See storage.go.
+	Storage *StorageConfig `json:"storage,omitempty"`
+
+	// Host names the tls app should manage certificates for although no
+	// HTTPS site names them, typically the names of layer4 tls routes
+	// (mqtts://mqtt.example.com:8883). Internal names (localhost, *.local,
+	// private IPs, ...) get Caddy's internal CA, others the tls app's
+	// automation policies (ACME by default). See tlsnames.go.
+	TLSNames []string `json:"tls_names,omitempty"`
+
 	// Users, ACL and certificate identity (password_file, acl_file, ...).
 	AuthConfig
 
@@ -76,6 +99,7 @@ type App struct {
 	policy  broker.Policy
 	restore func()
 	logger  *zap.Logger
+	tlsApp  *caddytls.TLS
 }
 
 // CaddyModule returns the Caddy module information.
@@ -110,22 +134,25 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.policy = policy
-	return nil
+	return a.provisionTLSNames(ctx)
 }
 
 // Validate checks the options.
 func (a *App) Validate() error {
 	switch {
-	case a.MaxPacketSize < 0 || a.MaxPacketSize > 268435455+5:
+	case a.MaxPacketSize < 0 || a.MaxPacketSize > maxPacketSizeLimit:
 		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", a.MaxPacketSize)
 	case a.MaxQueuedMessages < 0 || a.MaxQueuedMessages > 1<<20:
 		return fmt.Errorf("max_queued_messages %d out of range (0 to 1048576)", a.MaxQueuedMessages)
 	case a.MaxInflightMessages < 0 || a.MaxInflightMessages > 65535:
 		return fmt.Errorf("max_inflight_messages %d out of range (0 to 65535)", a.MaxInflightMessages)
-	case a.MaxConnections < 0:
-		return fmt.Errorf("max_connections must not be negative")
+	case a.MaxConnections < 0 || a.MaxSubscriptions < 0 || a.MaxConnectionRate < 0 || a.ConnectionRateInterval < 0:
+		return fmt.Errorf("max_connections, max_subscriptions and max_connection_rate must not be negative")
 	case a.ConnectTimeout < 0 || a.SysInterval < 0 || a.MaxMessageExpiry < 0 || a.ShutdownTimeout < 0:
 		return fmt.Errorf("durations must not be negative")
+	}
+	if err := a.Storage.validate(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -137,7 +164,7 @@ func (a *App) Start() error {
 		return err
 	}
 	a.restore = b.SetPolicy(a.policy)
-	return nil
+	return a.manageTLSNames()
 }
 
 // Stop leaves the broker running: on a reload the next config already uses
@@ -162,14 +189,18 @@ func (a *App) Broker() (*broker.Broker, error) { return a.shared.get() }
 
 func (a *App) brokerOptions() broker.Options {
 	return broker.Options{
-		MaxPacketSize:       uint32(a.MaxPacketSize),
-		MaxQueuedMessages:   int32(a.MaxQueuedMessages),
-		MaxInflightMessages: uint16(a.MaxInflightMessages),
-		MaxClients:          int64(a.MaxConnections),
-		ConnectTimeout:      time.Duration(a.ConnectTimeout),
-		SysInterval:         time.Duration(a.SysInterval),
-		MaxMessageExpiry:    time.Duration(a.MaxMessageExpiry),
-		Logger:              slog.New(zapslog.NewHandler(caddy.Log().Core(), zapslog.WithName("mqtt.broker"))),
+		MaxPacketSize:          uint32(a.MaxPacketSize),
+		MaxQueuedMessages:      int32(a.MaxQueuedMessages),
+		MaxInflightMessages:    uint16(a.MaxInflightMessages),
+		MaxClients:             int64(a.MaxConnections),
+		MaxSubscriptions:       a.MaxSubscriptions,
+		MaxConnectionRate:      a.MaxConnectionRate,
+		ConnectionRateInterval: time.Duration(a.ConnectionRateInterval),
+		ConnectTimeout:         time.Duration(a.ConnectTimeout),
+		SysInterval:            time.Duration(a.SysInterval),
+		MaxMessageExpiry:       time.Duration(a.MaxMessageExpiry),
+		Storage:                a.Storage.brokerStorage(),
+		Logger:                 slog.New(zapslog.NewHandler(caddy.Log().Core(), zapslog.WithName("mqtt.broker"))),
 	}.WithDefaults()
 }
 
@@ -211,6 +242,8 @@ func (s *sharedBroker) setShutdownTimeout(d time.Duration) {
 func (s *sharedBroker) warnFixedChanges(log *zap.Logger, next broker.Options) {
 	cur := s.opts
 	cur.Logger, next.Logger = nil, nil
+	warnStorageChange(log, cur.Storage, next.Storage)
+	cur.Storage, next.Storage = broker.Storage{}, broker.Storage{}
 	if cur != next {
 		log.Warn("broker limits changed; they apply after a restart, running sessions keep the old ones",
 			zap.Any("running", cur), zap.Any("configured", next))

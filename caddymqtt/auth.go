@@ -222,28 +222,3 @@ func (c *AuthConfig) unmarshalAuthOption(d *caddyfile.Dispenser) (bool, error) {
 	}
 	return true, err
 }
-
-// UnmarshalDoorOption parses the identity options of a door's own mqtt
-// block (the HTTP directive and the layer4 handler):
-//
-//	use_identity_as_username [true|false]
-//	use_subject_as_username [true|false]
-//
-// It reports false for any other option.
-func UnmarshalDoorOption(d *caddyfile.Dispenser, identity, subject **bool) (bool, error) {
-	var target **bool
-	switch d.Val() {
-	case "use_identity_as_username":
-		target = identity
-	case "use_subject_as_username":
-		target = subject
-	default:
-		return false, nil
-	}
-	v, err := ParseBoolArg(d)
-	if err != nil {
-		return true, err
-	}
-	*target = &v
-	return true, nil
-}

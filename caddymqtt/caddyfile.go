@@ -28,10 +28,16 @@ func init() {
 //		max_queued_messages <n>
 //		max_inflight_messages <n>
 //		max_connections <n>
+//		max_subscriptions <n>
+//		max_connection_rate <n> [<per duration>]
 //		connect_timeout <duration>
 //		sys_interval <duration>
 //		max_message_expiry <duration>
 //		shutdown_timeout <duration>
+//		storage <memory|bolt> [<path>] [{
+//			lock_timeout <duration>
+//		}]
+//		tls_names <names...>
 //		password_file <path>
 //		acl_file <path>
 //		user <name> <password hash>
@@ -81,6 +87,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.MaxInflightMessages, err = parseIntArg(d)
 		case "max_connections":
 			a.MaxConnections, err = parseIntArg(d)
+		case "max_subscriptions":
+			a.MaxSubscriptions, err = parseIntArg(d)
+		case "max_connection_rate":
+			err = a.unmarshalConnectionRate(d)
 		case "connect_timeout":
 			a.ConnectTimeout, err = parseDurationArg(d)
 		case "sys_interval":
@@ -89,6 +99,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.MaxMessageExpiry, err = parseDurationArg(d)
 		case "shutdown_timeout":
 			a.ShutdownTimeout, err = parseDurationArg(d)
+		case "storage":
+			a.Storage, err = unmarshalStorage(d)
+		case "tls_names":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			a.TLSNames = append(a.TLSNames, names...)
 		default:
 			var ok bool
 			if ok, err = a.unmarshalAuthOption(d); !ok {
@@ -109,6 +127,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		allowed_origins <patterns...>
 //		use_identity_as_username [true|false]
 //		use_subject_as_username [true|false]
+//		max_connections <n>
+//		max_packet_size <size>
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -125,12 +145,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		switch d.Val() {
-		case "allow_anonymous":
-			v, err := ParseBoolArg(d)
-			if err != nil {
-				return err
-			}
-			h.AllowAnonymous = &v
 		case "allowed_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {
@@ -138,7 +152,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
 		default:
-			ok, err := UnmarshalDoorOption(d, &h.UseIdentityAsUsername, &h.UseSubjectAsUsername)
+			ok, err := h.UnmarshalDoorOption(d)
 			if err != nil {
 				return err
 			}

@@ -38,15 +38,7 @@ type Handler struct {
 	// every origin.
 	AllowedOrigins []string `json:"allowed_origins,omitempty"`
 
-	// Allow clients without a username on this door, overriding the mqtt
-	// app's allow_anonymous.
-	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
-
-	// Take usernames from verified client certificates on this door
-	// (overriding the mqtt app's setting). Needs the site's TLS
-	// client_auth with mode require_and_verify (or verify_if_given).
-	UseIdentityAsUsername *bool `json:"use_identity_as_username,omitempty"`
-	UseSubjectAsUsername  *bool `json:"use_subject_as_username,omitempty"`
+	DoorOptions
 
 	app    *App
 	logger *zap.Logger
@@ -79,7 +71,7 @@ func (h *Handler) Validate() error {
 			return errors.New("allowed_origins: empty pattern")
 		}
 	}
-	return nil
+	return h.DoorOptions.Validate()
 }
 
 // ServeHTTP upgrades MQTT-over-WebSocket requests and serves the MQTT session
@@ -129,14 +121,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// The connection must not end with the request: its context is tied to
 	// the broker's session, which Serve ends by closing the conn.
-	conn := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
-	err = b.Serve(conn, broker.ConnInfo{
-		Door:           door,
-		RemoteAddr:     clientAddr(r),
-		TLS:            r.TLS,
-		AllowAnonymous: h.AllowAnonymous,
-		Identity:       DoorIdentity(h.UseIdentityAsUsername, h.UseSubjectAsUsername),
-	})
+	conn := &wsConn{Conn: websocket.NetConn(context.Background(), ws, websocket.MessageBinary)}
+	info := h.ConnInfo(door)
+	info.RemoteAddr, info.TLS = clientAddr(r), r.TLS
+	err = b.Serve(conn, info)
 	_ = conn.Close()
 	if err != nil {
 		h.logger.Debug("mqtt websocket session ended", zap.String("remote", r.RemoteAddr), zap.Error(err))

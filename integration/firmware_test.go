@@ -102,49 +102,37 @@ func TestDeviceSimulator(t *testing.T) {
 			}
 			var simLog strings.Builder
 			var mu sync.Mutex
-			connected := make(chan struct{})
 			lines := make(chan struct{})
 			go func() {
 				defer close(lines)
-				once := sync.Once{}
 				sc := bufio.NewScanner(stdout)
 				for sc.Scan() {
 					mu.Lock()
 					simLog.WriteString(sc.Text() + "\n")
 					mu.Unlock()
-					if strings.Contains(sc.Text(), " connected") {
-						once.Do(func() { close(connected) })
-					}
 				}
 			}()
-			select {
-			case <-connected:
-			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
-				t.Fatalf("device never connected:\n%s\n%s", simLog.String(), stderr.String())
-			}
-			// The page switches the LED on.
-			web.Publish(t, "async-mqtt/ESP8266/led/set", 1, false, []byte("on"))
-
-			err = cmd.Wait()
-			<-lines
-			mu.Lock()
-			log := simLog.String()
-			mu.Unlock()
-			if err != nil {
-				t.Fatalf("simulator: %v\n%s\n%s", err, log, stderr.String())
-			}
+			exited := make(chan error, 1)
+			go func() { <-lines; exited <- cmd.Wait() }()
 
 			var pubs []string
-			ticks, ledOn := 0, false
-			deadline := time.After(5 * time.Second)
+			ticks, ledOn, simDone := 0, false, false
+			var simErr error
+			deadline := time.After(30 * time.Second)
 		collect:
-			for ticks < 4 || len(pubs) < 3 || !ledOn {
+			for ticks < 4 || len(pubs) < 3 || !ledOn || !simDone {
 				select {
 				case m := <-web.Msgs:
 					switch p := string(m.Payload); m.Topic {
 					case "async-mqtt/ESP8266_Pub":
 						pubs = append(pubs, p)
+						// The device subscribes before it publishes test1..3,
+						// so once test3 is through, its command
+						// subscription is in place: the page switches the
+						// LED on.
+						if p == "test3" {
+							web.Publish(t, "async-mqtt/ESP8266/led/set", 1, false, []byte("on"))
+						}
 					case "async-mqtt/ESP8266_tic":
 						if !tickFormat.MatchString(p) {
 							t.Errorf("tick %q is not an ISO 8601 UTC time", p)
@@ -153,9 +141,18 @@ func TestDeviceSimulator(t *testing.T) {
 					case "async-mqtt/ESP8266/led/state":
 						ledOn = ledOn || p == "on"
 					}
+				case simErr = <-exited:
+					simDone = true
 				case <-deadline:
+					_ = cmd.Process.Kill()
 					break collect
 				}
+			}
+			mu.Lock()
+			log := simLog.String()
+			mu.Unlock()
+			if !simDone || simErr != nil {
+				t.Fatalf("simulator: done=%v err=%v\n%s\n%s", simDone, simErr, log, stderr.String())
 			}
 			if strings.Join(pubs, ",") != "test1,test2,test3" {
 				t.Errorf("web saw %q on async-mqtt/ESP8266_Pub, want test1,test2,test3", pubs)

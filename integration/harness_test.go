@@ -331,3 +331,27 @@ func (c *Caddy) Goroutines(pattern string) int {
 
 // Log is everything Caddy printed so far.
 func (c *Caddy) Log() string { return c.log.String() }
+
+// Pid is the Caddy process's id.
+func (c *Caddy) Pid() int { return c.cmd.Process.Pid }
+
+// RSS is the Caddy process's resident memory in bytes, from
+// /proc/<pid>/status (VmRSS).
+func (c *Caddy) RSS() int64 {
+	c.t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
+				c.t.Fatalf("VmRSS line %q: %v", line, err)
+			}
+			return kb << 10
+		}
+	}
+	c.t.Fatal("no VmRSS in /proc status")
+	return 0
+}

@@ -26,15 +26,7 @@ func init() {
 // it serves plain MQTT (the "tcp" door). It is a terminal handler: it returns
 // when the MQTT session ends.
 type Handler struct {
-	// Allow clients without a username on this door, overriding the mqtt
-	// app's allow_anonymous.
-	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
-
-	// Take usernames from verified client certificates on this door
-	// (overriding the mqtt app's setting). Needs client_auth with mode
-	// require_and_verify (or verify_if_given) in the tls handler before it.
-	UseIdentityAsUsername *bool `json:"use_identity_as_username,omitempty"`
-	UseSubjectAsUsername  *bool `json:"use_subject_as_username,omitempty"`
+	caddymqtt.DoorOptions
 
 	app    *caddymqtt.App
 	logger *zap.Logger
@@ -67,11 +59,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if err != nil {
 		return err
 	}
-	info := broker.ConnInfo{
-		Door:           broker.DoorTCP,
-		AllowAnonymous: h.AllowAnonymous,
-		Identity:       caddymqtt.DoorIdentity(h.UseIdentityAsUsername, h.UseSubjectAsUsername),
-	}
+	info := h.ConnInfo(broker.DoorTCP)
 	if states, _ := cx.GetVar(layer4.TLSConnectionStatesVarName).([]*tls.ConnectionState); len(states) > 0 {
 		info.Door = broker.DoorTLS
 		info.TLS = states[len(states)-1]
@@ -97,6 +85,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //		allow_anonymous [true|false]
 //		use_identity_as_username [true|false]
 //		use_subject_as_username [true|false]
+//		max_connections <n>
+//		max_packet_size <size>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
@@ -104,21 +94,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
-		case "allow_anonymous":
-			v, err := caddymqtt.ParseBoolArg(d)
-			if err != nil {
-				return err
-			}
-			h.AllowAnonymous = &v
-		default:
-			ok, err := caddymqtt.UnmarshalDoorOption(d, &h.UseIdentityAsUsername, &h.UseSubjectAsUsername)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				return d.Errf("unknown mqtt option '%s'", d.Val())
-			}
+		ok, err := h.UnmarshalDoorOption(d)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return d.Errf("unknown mqtt option '%s'", d.Val())
 		}
 	}
 	return nil

@@ -1,0 +1,160 @@
+package broker
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// DoorLimits are limits a door sets for its own connections, below the
+// broker-wide ones.
+type DoorLimits struct {
+	// MaxConnections caps the connections served through this door at once
+	// (0: no door limit). Connections over it are closed before CONNECT is
+	// read, as mosquitto does for a listener's max_connections.
+	MaxConnections int
+	// MaxPacketSize is the largest packet a client of this door may send
+	// (0: the broker's). It can only lower the broker's limit, which mochi
+	// enforces for every door.
+	MaxPacketSize uint32
+}
+
+// Errors for connections refused by a limit.
+var (
+	ErrDoorFull    = errors.New("mqtt: the door's max_connections is reached")
+	ErrRateLimited = errors.New("mqtt: too many connections from this address")
+)
+
+// rateLimiter is a token bucket per client IP: each address may open burst
+// connections at once and then one every interval/burst.
+type rateLimiter struct {
+	burst    float64
+	perToken time.Duration
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	swept   time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newRateLimiter(burst int, interval time.Duration) *rateLimiter {
+	if burst <= 0 || interval <= 0 {
+		return nil
+	}
+	return &rateLimiter{
+		burst:    float64(burst),
+		perToken: interval / time.Duration(burst),
+		buckets:  make(map[string]*bucket),
+	}
+}
+
+// allow takes a token for ip, reporting false when its bucket is empty.
+func (r *rateLimiter) allow(ip string, now time.Time) bool {
+	if r == nil {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Forget addresses whose bucket has refilled, so the map stays as
+	// small as the set of recently active addresses.
+	full := time.Duration(r.burst) * r.perToken
+	if now.Sub(r.swept) > full {
+		for k, b := range r.buckets {
+			if now.Sub(b.last) >= full {
+				delete(r.buckets, k)
+			}
+		}
+		r.swept = now
+	}
+	b, ok := r.buckets[ip]
+	if !ok {
+		b = &bucket{tokens: r.burst, last: now}
+		r.buckets[ip] = b
+	}
+	b.tokens = min(r.burst, b.tokens+float64(now.Sub(b.last))/float64(r.perToken))
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func hostOf(addr net.Addr) string {
+	if addr == nil {
+		return ""
+	}
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		return tcp.IP.String()
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	return host
+}
+
+// packetLimitConn enforces a door's packet size limit. It follows the MQTT
+// packet boundaries in the byte stream the broker reads and fails the read
+// that brings a fixed header announcing a packet over the limit, before the
+// broker allocates anything for it.
+type packetLimitConn struct {
+	net.Conn
+	limit uint32
+
+	// Parser state: reading the type byte, the remaining length, or
+	// skipping over the rest of the packet.
+	inLength  bool
+	length    uint32
+	shift     uint
+	lenBytes  uint32
+	remaining uint32
+}
+
+func (c *packetLimitConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if perr := c.scan(p[:n]); perr != nil {
+		return 0, perr
+	}
+	return n, err
+}
+
+func (c *packetLimitConn) scan(b []byte) error {
+	for len(b) > 0 {
+		switch {
+		case c.remaining > 0:
+			skip := min(uint32(len(b)), c.remaining)
+			c.remaining -= skip
+			b = b[skip:]
+		case !c.inLength:
+			// The type byte of the next packet.
+			c.inLength, c.length, c.shift, c.lenBytes = true, 0, 0, 0
+			b = b[1:]
+		default:
+			v := b[0]
+			b = b[1:]
+			c.length |= uint32(v&0x7f) << c.shift
+			c.shift += 7
+			c.lenBytes++
+			if v&0x80 != 0 {
+				if c.lenBytes == 4 {
+					return packets.ErrMalformedVariableByteInteger
+				}
+				continue
+			}
+			c.inLength = false
+			if 1+c.lenBytes+c.length > c.limit {
+				return packets.ErrPacketTooLarge
+			}
+			c.remaining = c.length
+		}
+	}
+	return nil
+}

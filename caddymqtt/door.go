@@ -1,0 +1,123 @@
+package caddymqtt
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker"
+)
+
+// maxPacketSizeLimit is the largest packet MQTT can frame: the largest
+// remaining length (268,435,455) plus a five-byte fixed header.
+const maxPacketSizeLimit = 268435455 + 5
+
+// DoorOptions are the settings every door (the HTTP mqtt handler and the
+// layer4 mqtt handler) takes in its own mqtt block. Each one wins over the
+// mqtt app's setting of the same name for the clients of that door.
+type DoorOptions struct {
+	// Allow clients without a username on this door.
+	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
+
+	// Take usernames from verified client certificates on this door. Needs
+	// client_auth with mode require_and_verify (or verify_if_given) in the
+	// TLS connection policy in front of the door.
+	UseIdentityAsUsername *bool `json:"use_identity_as_username,omitempty"`
+	UseSubjectAsUsername  *bool `json:"use_subject_as_username,omitempty"`
+
+	// Most connections served through this door at once (0: only the app's
+	// max_connections applies). Connections over it are closed at once.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// Largest packet a client of this door may send, in bytes. It can only
+	// lower the app's max_packet_size.
+	MaxPacketSize int `json:"max_packet_size,omitempty"`
+}
+
+// ConnInfo is what the broker is told about a connection of this door.
+func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
+	return broker.ConnInfo{
+		Door:           door,
+		AllowAnonymous: o.AllowAnonymous,
+		Identity:       DoorIdentity(o.UseIdentityAsUsername, o.UseSubjectAsUsername),
+		Limits: broker.DoorLimits{
+			MaxConnections: o.MaxConnections,
+			MaxPacketSize:  uint32(o.MaxPacketSize),
+		},
+	}
+}
+
+// Validate checks the door's options.
+func (o DoorOptions) Validate() error {
+	if o.UseIdentityAsUsername != nil && *o.UseIdentityAsUsername &&
+		o.UseSubjectAsUsername != nil && *o.UseSubjectAsUsername {
+		return errors.New("use_identity_as_username and use_subject_as_username exclude each other")
+	}
+	if o.MaxConnections < 0 {
+		return fmt.Errorf("max_connections %d must not be negative", o.MaxConnections)
+	}
+	if o.MaxPacketSize < 0 || o.MaxPacketSize > maxPacketSizeLimit {
+		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", o.MaxPacketSize)
+	}
+	return nil
+}
+
+// UnmarshalDoorOption parses the door option at the dispenser's cursor. It
+// reports false for a token that is not a door option. Syntax:
+//
+//	allow_anonymous [true|false]
+//	use_identity_as_username [true|false]
+//	use_subject_as_username [true|false]
+//	max_connections <n>
+//	max_packet_size <size>
+func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) {
+	var target **bool
+	switch d.Val() {
+	case "allow_anonymous":
+		target = &o.AllowAnonymous
+	case "use_identity_as_username":
+		target = &o.UseIdentityAsUsername
+	case "use_subject_as_username":
+		target = &o.UseSubjectAsUsername
+	case "max_connections":
+		n, err := parseIntArg(d)
+		o.MaxConnections = n
+		return true, err
+	case "max_packet_size":
+		n, err := parseSizeArg(d)
+		o.MaxPacketSize = n
+		return true, err
+	default:
+		return false, nil
+	}
+	v, err := ParseBoolArg(d)
+	if err != nil {
+		return true, err
+	}
+	*target = &v
+	return true, nil
+}
+
+// unmarshalConnectionRate parses `max_connection_rate <n> [<per duration>]`.
+func (a *App) unmarshalConnectionRate(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n < 0 {
+		return d.Errf("max_connection_rate: want a whole number of connections, got '%s'", args[0])
+	}
+	a.MaxConnectionRate = n
+	if len(args) == 2 {
+		dur, err := caddy.ParseDuration(args[1])
+		if err != nil || dur <= 0 {
+			return d.Errf("max_connection_rate: want an interval such as 10s, got '%s'", args[1])
+		}
+		a.ConnectionRateInterval = caddy.Duration(dur)
+	}
+	return nil
+}
