@@ -167,9 +167,15 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	}
 	cc := &clientConn{Conn: conn, info: info}
 	defer cc.releaseID() // see takeover.go
-	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < b.opts.MaxPacketSize {
-		cc.Conn = &packetLimitConn{Conn: conn, limit: lim}
+	// Every connection's byte stream goes through the packet framing check:
+	// it applies the door's own size limit, and it rejects a remaining
+	// length of more than four bytes, which mochi would wait on until the
+	// keepalive or CONNECT deadline.
+	limit := b.opts.MaxPacketSize
+	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < limit {
+		limit = lim
 	}
+	cc.Conn = &packetLimitConn{Conn: conn, limit: limit}
 	if !b.rate.allow(hostOf(cc.RemoteAddr()), time.Now()) {
 		_ = conn.Close()
 		return ErrRateLimited

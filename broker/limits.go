@@ -101,10 +101,10 @@ func hostOf(addr net.Addr) string {
 	return host
 }
 
-// packetLimitConn enforces a door's packet size limit. It follows the MQTT
-// packet boundaries in the byte stream the broker reads and fails the read
-// that brings a fixed header announcing a packet over the limit, before the
-// broker allocates anything for it.
+// packetLimitConn checks the framing of the MQTT byte stream the broker
+// reads: it follows the packet boundaries and fails the read that brings a
+// fixed header announcing a packet over the limit (before the broker
+// allocates anything for it) or a remaining length longer than four bytes.
 type packetLimitConn struct {
 	net.Conn
 	limit uint32
