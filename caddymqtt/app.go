@@ -184,6 +184,17 @@ func (a *App) Cleanup() error {
 	return err
 }
 
+// AppFrom returns the mqtt app of the config being provisioned, loading it
+// with its defaults when the config has none. The doors call it from their
+// Provision.
+func AppFrom(ctx caddy.Context) (*App, error) {
+	app, err := ctx.App("mqtt")
+	if err != nil {
+		return nil, err
+	}
+	return app.(*App), nil
+}
+
 // Broker returns the running broker, starting it on first use.
 func (a *App) Broker() (*broker.Broker, error) { return a.shared.get() }
 

@@ -56,12 +56,9 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // none).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	app, err := ctx.App("mqtt")
-	if err != nil {
-		return err
-	}
-	h.app = app.(*App)
-	return nil
+	var err error
+	h.app, err = AppFrom(ctx)
+	return err
 }
 
 // Validate checks the origin patterns.

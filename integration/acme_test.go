@@ -338,41 +338,6 @@ func renderWith(t testing.TB, tmpl string, data any) string {
 	return b.String()
 }
 
-// startCaddyConfig runs Caddy with a finished Caddyfile and waits until the
-// given ports accept connections. Unlike startCaddyWith it does not wait for
-// an internal-CA certificate for localhost.
-func startCaddyConfig(t testing.TB, conf string, ports Ports, wait ...int) *Caddy {
-	t.Helper()
-	c := &Caddy{t: t, Ports: ports, dir: t.TempDir(), log: new(syncBuffer), done: make(chan struct{})}
-	path := c.writeConfig(conf)
-	c.cmd = exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	c.cmd.Dir = c.dir
-	c.cmd.Env = append(os.Environ(),
-		"XDG_DATA_HOME="+filepath.Join(c.dir, "data"),
-		"XDG_CONFIG_HOME="+filepath.Join(c.dir, "config"),
-		"HOME="+c.dir)
-	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { c.err = c.cmd.Wait(); close(c.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.done
-		}
-		if t.Failed() {
-			t.Logf("caddy log:\n%s", tail(c.log.String(), 80))
-		}
-	})
-	for _, port := range wait {
-		c.waitPort(port)
-	}
-	return c
-}
-
 // handshake dials 127.0.0.1:port with cfg and returns the connection.
 func handshake(port int, cfg *tls.Config) (*tls.Conn, error) {
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}

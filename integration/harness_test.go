@@ -122,13 +122,14 @@ http://localhost:{{.HTTP}} {
 
 // Caddy is one running Caddy process.
 type Caddy struct {
-	t     testing.TB
-	Ports Ports
-	dir   string
-	cmd   *exec.Cmd
-	log   *syncBuffer
-	done  chan struct{}
-	err   error
+	t        testing.TB
+	Ports    Ports
+	dir      string
+	confPath string
+	cmd      *exec.Cmd
+	log      *syncBuffer
+	done     chan struct{}
+	err      error
 }
 
 type syncBuffer struct {
@@ -171,21 +172,24 @@ func startCaddy(t testing.TB, extra string) *Caddy {
 	return startCaddyWith(t, baseCaddyfile, CaddyConfig{Ports: freePorts(t), Extra: extra})
 }
 
+// startCaddyWith runs Caddy with a Caddyfile template filled from cfg and
+// waits until every door accepts connections and the internal CA's
+// certificate for localhost is served.
 func startCaddyWith(t testing.TB, tmpl string, cfg CaddyConfig) *Caddy {
 	t.Helper()
-	c := &Caddy{t: t, Ports: cfg.Ports, dir: t.TempDir(), log: new(syncBuffer), done: make(chan struct{})}
-	conf := c.writeConfig(render(t, tmpl, cfg))
-	c.cmd = exec.Command(caddyBin, "run", "--config", conf, "--adapter", "caddyfile")
-	c.cmd.Dir = c.dir
-	c.cmd.Env = append(os.Environ(),
-		"XDG_DATA_HOME="+filepath.Join(c.dir, "data"),
-		"XDG_CONFIG_HOME="+filepath.Join(c.dir, "config"),
-		"HOME="+c.dir)
-	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { c.err = c.cmd.Wait(); close(c.done) }()
+	c := startCaddyConfig(t, render(t, tmpl, cfg), cfg.Ports, cfg.TCP, cfg.TLS, cfg.HTTP, cfg.HTTPS)
+	c.waitCert()
+	return c
+}
+
+// startCaddyConfig runs Caddy with a finished Caddyfile, in a data and
+// config directory of its own, and waits until the given ports accept
+// connections. It is killed when the test ends, if still running.
+func startCaddyConfig(t testing.TB, conf string, ports Ports, wait ...int) *Caddy {
+	t.Helper()
+	c := &Caddy{t: t, Ports: ports, dir: t.TempDir(), log: new(syncBuffer)}
+	c.confPath = c.writeConfig(conf)
+	c.launch()
 	t.Cleanup(func() {
 		select {
 		case <-c.done:
@@ -194,14 +198,36 @@ func startCaddyWith(t testing.TB, tmpl string, cfg CaddyConfig) *Caddy {
 			<-c.done
 		}
 		if t.Failed() {
-			t.Logf("caddy log:\n%s", tail(c.log.String(), 60))
+			t.Logf("caddy log:\n%s", tail(c.log.String(), 80))
 		}
 	})
-	for _, port := range []int{cfg.TCP, cfg.TLS, cfg.HTTP, cfg.HTTPS} {
+	for _, port := range wait {
 		c.waitPort(port)
 	}
-	c.waitCert()
 	return c
+}
+
+// env is the environment every caddy command of this instance runs with:
+// its own data and config directories.
+func (c *Caddy) env() []string {
+	return append(os.Environ(),
+		"XDG_DATA_HOME="+filepath.Join(c.dir, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(c.dir, "config"),
+		"HOME="+c.dir)
+}
+
+// launch starts `caddy run` with the instance's config file.
+func (c *Caddy) launch() {
+	c.t.Helper()
+	cmd := exec.Command(caddyBin, "run", "--config", c.confPath, "--adapter", "caddyfile")
+	cmd.Dir, cmd.Env = c.dir, c.env()
+	cmd.Stdout, cmd.Stderr = c.log, c.log
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	c.cmd, c.done, c.err = cmd, done, nil
+	go func() { c.err = cmd.Wait(); close(done) }()
 }
 
 func tail(s string, lines int) string {

@@ -318,10 +318,7 @@ func TestMTLSWebSocket(t *testing.T) {
 func caddyCmd(t *testing.T, c *Caddy, stdin string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(caddyBin, args...)
-	cmd.Env = append(os.Environ(),
-		"XDG_DATA_HOME="+filepath.Join(c.dir, "data"),
-		"XDG_CONFIG_HOME="+filepath.Join(c.dir, "config"),
-		"HOME="+c.dir)
+	cmd.Env = c.env()
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	return string(out), err

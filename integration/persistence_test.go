@@ -37,17 +37,8 @@ func (c *Caddy) Restart() {
 	default:
 		c.t.Fatal("Restart: caddy is still running")
 	}
-	old := c.cmd
-	c.cmd = exec.Command(old.Path, old.Args[1:]...)
-	c.cmd.Dir, c.cmd.Env = old.Dir, old.Env
-	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
-	c.done, c.err = make(chan struct{}), nil
 	fmt.Fprintf(c.log, "---- restart ----\n")
-	if err := c.cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	cmd, done := c.cmd, c.done
-	go func() { c.err = cmd.Wait(); close(done) }()
+	c.launch()
 	for _, port := range []int{c.Ports.TCP, c.Ports.TLS, c.Ports.HTTP, c.Ports.HTTPS} {
 		c.waitPort(port)
 	}

@@ -44,12 +44,9 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // none).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	app, err := ctx.App("mqtt")
-	if err != nil {
-		return err
-	}
-	h.app = app.(*caddymqtt.App)
-	return nil
+	var err error
+	h.app, err = caddymqtt.AppFrom(ctx)
+	return err
 }
 
 // Handle serves the MQTT session. The layer4 server closes the connection
