@@ -477,10 +477,10 @@ func exchange(t testing.TB, a, b *V5, topicA, topicB, payload string) {
 	}
 }
 
-// acmeCaddyfile: the broker's Caddy takes every certificate from the ACME CA
-// (pebble). broker.example.test is an HTTPS site (WSS); mqtt.example.test is
-// served only by the layer4 tls route and is covered by tls_names alone.
-const acmeCaddyfile = `{
+// acmeGlobal: the broker's Caddy takes every certificate from the ACME CA
+// (pebble). mqtt.example.test is served only by the layer4 tls route and is
+// covered by tls_names alone.
+const acmeGlobal = `{
 	admin 127.0.0.1:{{.Admin}}
 	http_port {{.HTTP}}
 	https_port {{.HTTPS}}
@@ -510,7 +510,10 @@ const acmeCaddyfile = `{
 		}
 	}
 }
+`
 
+// acmeCaddyfile adds broker.example.test, an HTTPS site (WSS).
+const acmeCaddyfile = acmeGlobal + `
 broker.example.test {
 	mqtt /mqtt
 	respond "broker.example.test"
@@ -623,37 +626,7 @@ func TestACMECertificatesOnEveryDoor(t *testing.T) {
 // ACME challenge with its own short-lived solver on the HTTP (or TLS-ALPN)
 // port, which is why such a host still needs port 80 or 443 reachable, or
 // DNS-01 (acme_dns) when it has neither.
-const brokerOnlyCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	http_port {{.HTTP}}
-	https_port {{.HTTPS}}
-	default_bind 127.0.0.1
-	skip_install_trust
-	acme_ca {{.ACME}}
-	acme_ca_root {{.ACMERoot}}
-	email mqtt-tests@example.test
-	{{.Global}}
-	mqtt {
-		allow_anonymous
-		connect_timeout 2s
-		tls_names mqtt.example.test
-	}
-	layer4 {
-		127.0.0.1:{{.TLS}} {
-			@tls tls
-			route @tls {
-				tls {
-					connection_policy {
-						alpn mqtt x-amzn-mqtt-ca
-						default_sni mqtt.example.test
-					}
-				}
-				mqtt
-			}
-		}
-	}
-}
-`
+const brokerOnlyCaddyfile = acmeGlobal
 
 // TestACMEBrokerOnlyHostRSA: a Caddy that serves nothing but MQTT/TLS gets
 // its certificate through ACME for the tls_names name, with the global

@@ -17,49 +17,14 @@ import (
 // authCaddyfile is baseCaddyfile without allow_anonymous: the mqtt block
 // is {{.Extra}}, and {{.Body}} goes into the layer4 TLS connection policy
 // (for client_auth).
-const authCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	http_port {{.HTTP}}
-	https_port {{.HTTPS}}
-	default_bind 127.0.0.1
-	local_certs
-	skip_install_trust
-	mqtt {
-		connect_timeout 2s
-		{{.Extra}}
-	}
-	layer4 {
-		127.0.0.1:{{.TCP}} {
-			route {
-				mqtt
-			}
-		}
-		127.0.0.1:{{.TLS}} {
-			@tls tls
-			route @tls {
-				tls {
-					connection_policy {
-						alpn mqtt x-amzn-mqtt-ca
-						default_sni localhost
-						{{.Body}}
-					}
-				}
-				mqtt
-			}
-		}
-	}
-}
-
-https://localhost:{{.HTTPS}} {
-	mqtt /mqtt
-	respond "wss"
-}
-
-http://localhost:{{.HTTP}} {
-	mqtt /mqtt
-	respond "ws"
-}
-`
+// authCaddyfile is the base config without allow_anonymous and the small
+// packet limit, and with {{.Body}} inside the MQTT/TLS connection policy.
+var authCaddyfile = derive(baseCaddyfile,
+	"\t\tallow_anonymous\n\t\tconnect_timeout 1s\n\t\tmax_packet_size 64KiB\n", "\t\tconnect_timeout 2s\n",
+	"default_sni localhost\n", "default_sni localhost\n\t\t\t\t\t\t{{.Body}}\n",
+	`respond "wss {{.Body}}"`, `respond "wss"`,
+	`respond "ws {{.Body}}"`, `respond "ws"`,
+)
 
 // reloadWith runs `caddy reload --force` with tmpl. --force makes Caddy
 // load a config equal to the running one, which is how an operator makes

@@ -65,8 +65,8 @@ func TestDeviceSimulator(t *testing.T) {
 	// Devices prove who they are with certificates on the MQTT/TLS door;
 	// the page logs in with a password over WSS, so that door does not take
 	// the identity from a certificate.
-	tmpl := strings.NewReplacer("trust_pool file @CA@", "trust_pool pki_root local",
-		"mqtt /mqtt {\n\t\tuse_identity_as_username\n", "mqtt /mqtt {\n\t\tuse_identity_as_username false\n").Replace(identityCaddyfile)
+	tmpl := derive(identityCaddyfile, "trust_pool file @CA@", "trust_pool pki_root local",
+		"mqtt /mqtt {\n\t\tuse_identity_as_username\n", "mqtt /mqtt {\n\t\tuse_identity_as_username false\n")
 	c := startCaddyWith(t, tmpl, CaddyConfig{Ports: freePorts(t), Extra: fmt.Sprintf(
 		"password_file %s\n\t\tacl_file %s\n\t\tuse_identity_as_username", pwfile, aclfile)})
 	certDir := filepath.Join(dir, "device")

@@ -120,6 +120,18 @@ http://localhost:{{.HTTP}} {
 }
 `
 
+// derive returns base with each old string replaced by the new one after
+// it. It panics when an old string is not in base, so that a change to the
+// base config cannot silently leave a config derived from it unchanged.
+func derive(base string, oldnew ...string) string {
+	for i := 0; i < len(oldnew); i += 2 {
+		if !strings.Contains(base, oldnew[i]) {
+			panic(fmt.Sprintf("derive: %q is not in the base config", oldnew[i]))
+		}
+	}
+	return strings.NewReplacer(oldnew...).Replace(base)
+}
+
 // Caddy is one running Caddy process.
 type Caddy struct {
 	t        testing.TB

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +15,7 @@ import (
 // limitsTemplate: the tcp door takes the PROXY protocol from 127.0.0.1 and
 // refuses anonymous clients; the plain-WebSocket door holds at most two
 // connections and small packets.
-var limitsTemplate = strings.NewReplacer(
+var limitsTemplate = derive(baseCaddyfile,
 	`		127.0.0.1:{{.TCP}} {
 			route {
 				mqtt
@@ -38,14 +37,11 @@ var limitsTemplate = strings.NewReplacer(
 		max_connections 2
 		max_packet_size 1KiB
 	}
-`).Replace(baseCaddyfile)
+`)
 
 // TestProxyProtocolClientIP: behind a PROXY-protocol load balancer the
 // broker sees the client's address from the PROXY header.
 func TestProxyProtocolClientIP(t *testing.T) {
-	if limitsTemplate == baseCaddyfile {
-		t.Fatal("template replacement did not apply")
-	}
 	c := startCaddyWith(t, limitsTemplate, CaddyConfig{Ports: freePorts(t)})
 	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", c.Ports.TCP))
 	if err != nil {

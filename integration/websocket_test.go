@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 // wsTemplate is the base config with the plain-HTTP site replaced by one
 // that uses the `handle /path { mqtt {...} }` form, an origin allow-list, a
 // door that refuses anonymous clients, and Caddy's trusted_proxies.
-var wsTemplate = strings.NewReplacer(
+var wsTemplate = derive(baseCaddyfile,
 	"\tlocal_certs\n", "\tlocal_certs\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n",
 	`http://localhost:{{.HTTP}} {
 	mqtt /mqtt
@@ -34,7 +33,7 @@ var wsTemplate = strings.NewReplacer(
 		}
 	}
 	respond "ws {{.Body}}"
-}`).Replace(baseCaddyfile)
+}`)
 
 func wsDial(ctx context.Context, url string, header http.Header, subprotocols ...string) (*websocket.Conn, *http.Response, error) {
 	return wsDialFrom(ctx, "", url, header, subprotocols...)
