@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker/auth"
 )
@@ -77,11 +76,6 @@ func (p *AuthPolicy) Authorize(c *Client, topic string, access Access) bool {
 	case AccessSubscribe:
 		return p.ACL.CanSubscribe(c.Username, c.ID, topic)
 	case AccessRead:
-		// The hook cannot tell a wildcard-free subscription filter from a
-		// delivery; a shared subscription is always the former.
-		if strings.HasPrefix(topic, "$share/") {
-			return p.ACL.CanSubscribe(c.Username, c.ID, topic)
-		}
 		return p.ACL.CanRead(c.Username, c.ID, topic)
 	}
 	return false

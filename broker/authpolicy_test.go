@@ -103,8 +103,8 @@ pattern write devices/%u/out
 		{p, anon, "public/news", AccessRead, true},
 		{p, anon, "public/#", AccessSubscribe, true},
 		{p, anon, "public/news", AccessPublish, false},
-		{p, anon, "$share/g/public/news", AccessRead, true}, // wildcard-free shared subscription
-		{p, anon, "$share/g/other", AccessRead, false},
+		{p, anon, "$share/g/public/news", AccessSubscribe, true}, // the hook checks every SUBSCRIBE filter as a subscription
+		{p, anon, "$share/g/other", AccessSubscribe, false},
 		{p, anon, "devices/x/out", AccessPublish, false},
 		{p, &Client{ID: "c3", Username: "dev1", CertIdentity: true}, "devices/dev1/out", AccessPublish, true},
 	} {

@@ -51,7 +51,9 @@ type Broker struct {
 	policy atomic.Pointer[policyBox]
 	ids    idLocks // see takeover.go
 
-	rate *rateLimiter // per client IP; nil when unlimited
+	rate      *rateLimiter  // per client IP; nil when unlimited
+	authSlots chan struct{} // see authslots.go
+	refusals  logLimiter    // see logRefusal
 
 	mu        sync.Mutex
 	closing   bool
@@ -89,6 +91,8 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		conns:     make(map[*clientConn]struct{}),
 		doorConns: make(map[Door]int),
 		rate:      newRateLimiter(opts.MaxConnectionRate, opts.ConnectionRateInterval),
+		authSlots: newAuthSlots(),
+		refusals:  logLimiter{every: 10 * time.Second},
 	}
 	if policy == nil {
 		policy = AnonymousPolicy{}
@@ -97,7 +101,7 @@ func New(opts Options, policy Policy) (*Broker, error) {
 
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
-		Logger:                 opts.Logger,
+		Logger:                 newMochiLogger(opts.Logger),
 		SysTopicResendInterval: int64(max(opts.SysInterval/time.Second, 1)),
 		InlineClient:           true,
 	})
@@ -165,7 +169,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if info.Door == "" {
 		return errors.New("mqtt: connection without a door")
 	}
-	cc := &clientConn{Conn: conn, info: info}
+	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout}
 	defer cc.releaseID() // see takeover.go
 	// Every connection's byte stream goes through the packet framing check:
 	// it applies the door's own size limit, and it rejects a remaining
@@ -176,38 +180,63 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 		limit = lim
 	}
 	cc.Conn = &packetLimitConn{Conn: conn, limit: limit}
-	if !b.rate.allow(hostOf(cc.RemoteAddr()), time.Now()) {
+	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
-		return ErrRateLimited
+		if !errors.Is(err, ErrClosed) {
+			b.logRefusal(cc, err)
+		}
+		return err
 	}
-	b.mu.Lock()
-	if b.closing {
-		b.mu.Unlock()
-		_ = conn.Close()
-		return ErrClosed
-	}
-	if max := info.Limits.MaxConnections; max > 0 && b.doorConns[info.Door] >= max {
-		b.mu.Unlock()
-		_ = conn.Close()
-		return ErrDoorFull
-	}
-	b.conns[cc] = struct{}{}
-	b.doorConns[info.Door]++
-	b.serving.Add(1)
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		delete(b.conns, cc)
-		b.doorConns[info.Door]--
-		b.mu.Unlock()
-		b.serving.Done()
-	}()
+	defer b.release(cc)
 
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
 	// one with the keepalive deadline.
 	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
 	err := b.srv.EstablishConnection(string(info.Door), cc)
 	return normalizeErr(err)
+}
+
+// admit registers a new connection, unless the broker is shutting down or a
+// limit refuses it.
+func (b *Broker) admit(cc *clientConn) error {
+	if !b.rate.allow(hostOf(cc.RemoteAddr()), time.Now()) {
+		return ErrRateLimited
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closing:
+		return ErrClosed
+	case b.opts.MaxClients > 0 && int64(len(b.conns)) >= b.opts.MaxClients:
+		// Counted before CONNECT, as mosquitto's max_connections counts
+		// sockets: mochi's own limit only counts authenticated clients.
+		return ErrBrokerFull
+	case cc.info.Limits.MaxConnections > 0 && b.doorConns[cc.info.Door] >= cc.info.Limits.MaxConnections:
+		return ErrDoorFull
+	}
+	b.conns[cc] = struct{}{}
+	b.doorConns[cc.info.Door]++
+	b.serving.Add(1)
+	return nil
+}
+
+// release undoes admit when the connection's session is over.
+func (b *Broker) release(cc *clientConn) {
+	b.mu.Lock()
+	delete(b.conns, cc)
+	b.doorConns[cc.info.Door]--
+	b.mu.Unlock()
+	b.serving.Done()
+}
+
+// logRefusal logs a connection refused by a limit, at most once per
+// interval for each reason and address, so that a flood of refused
+// connections does not become a flood of log lines.
+func (b *Broker) logRefusal(cc *clientConn, err error) {
+	host := hostOf(cc.RemoteAddr())
+	if b.refusals.allow(err.Error()+"\x00"+host, time.Now()) {
+		b.log.Info("mqtt connection refused", "door", string(cc.info.Door), "remote", host, "reason", err.Error())
+	}
 }
 
 // normalizeErr maps the ways a session ends normally to nil.
@@ -324,8 +353,10 @@ type clientConn struct {
 	info        ConnInfo
 	client      atomic.Pointer[Client]
 	established atomic.Bool
-	unlockID    func() // see takeover.go
-	subscribing subscribing
+	// writeTimeout bounds every write to the client (see write).
+	writeTimeout time.Duration
+	unlockID     func() // see takeover.go
+	subscribing  subscribing
 
 	// Ordering and durability state (storage.go).
 	wmu     sync.Mutex

@@ -7,6 +7,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker/auth"
 )
 
 // dispatchHook is the broker's only auth hook. mochi hooks cannot be removed
@@ -95,6 +97,9 @@ func (h *dispatchHook) certIdentity(cl *mqtt.Client, cc *clientConn, c *Client) 
 	return nil
 }
 
+// OnConnectAuthenticate asks the policy, then checks the will: mochi
+// publishes a will with no ACL or topic check of its own, so like mosquitto
+// the broker refuses at CONNECT a will the client could not publish itself.
 func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	c := clientOf(cl)
 	if c == nil {
@@ -104,13 +109,41 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 	if pk.Connect.PasswordFlag {
 		password = pk.Connect.Password
 	}
-	if err := h.b.Policy().Authenticate(c, password); err != nil {
-		h.b.log.Info("mqtt connection refused",
-			"client", c.ID, "username", c.Username, "door", string(c.Door),
-			"remote", c.RemoteAddr, "reason", err.Error())
+	policy := h.b.Policy()
+	if err := h.b.authenticate(policy, c, password); err != nil {
+		h.refused(c, err)
 		return false
 	}
+	if pk.Connect.WillFlag {
+		if err := willAllowed(policy, c, pk.Connect.WillTopic); err != nil {
+			h.refused(c, err)
+			// mochi would answer "bad username or password"; the client
+			// did log in, it is the will that is not authorized. Send
+			// that and close: mochi's own CONNACK then finds the
+			// connection closed.
+			_ = h.b.srv.SendConnack(cl, packets.ErrNotAuthorized, false, nil)
+			cl.Stop(packets.ErrNotAuthorized)
+			return false
+		}
+	}
 	return true
+}
+
+func (h *dispatchHook) refused(c *Client, err error) {
+	h.b.log.Info("mqtt connection refused",
+		"client", c.ID, "username", c.Username, "door", string(c.Door),
+		"remote", c.RemoteAddr, "reason", err.Error())
+}
+
+// willAllowed checks a will topic as a publish of the client's own.
+func willAllowed(p Policy, c *Client, topic string) error {
+	if err := auth.ValidTopicName(topic); err != nil {
+		return fmt.Errorf("will topic: %w", err)
+	}
+	if strings.HasPrefix(topic, "$") || !p.Authorize(c, topic, AccessPublish) {
+		return fmt.Errorf("will topic %q: %w", topic, ErrNotAuthorized)
+	}
+	return nil
 }
 
 // OnACLCheck is called for publishes (write), for subscription filters and
@@ -119,16 +152,26 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 // wildcards is a subscription; for a topic without wildcards the subscribe
 // and read checks agree anyway.
 func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	c := clientOf(cl)
+	if cl.Net.Inline {
+		return true
+	}
+	cc, live := cl.Net.Conn.(*clientConn)
+	if !live {
+		// A persistent session restored from storage that has not
+		// reconnected yet: it has no connection, but messages for it
+		// must still be queued if its user may read them.
+		return h.b.Policy().Authorize(&Client{ID: cl.ID, Username: string(cl.Properties.Username)}, topic, AccessRead)
+	}
+	c := cc.client.Load()
 	if c == nil {
-		return cl.Net.Inline
+		return false
 	}
 	access := AccessRead
 	switch {
 	case write:
 		access = AccessPublish
 	default:
-		subscribing, refused := cl.Net.Conn.(*clientConn).subscribing.lookup(topic)
+		subscribing, refused := cc.subscribing.lookup(topic)
 		if refused {
 			return false
 		}

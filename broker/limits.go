@@ -24,6 +24,7 @@ type DoorLimits struct {
 
 // Errors for connections refused by a limit.
 var (
+	ErrBrokerFull  = errors.New("mqtt: max_connections is reached")
 	ErrDoorFull    = errors.New("mqtt: the door's max_connections is reached")
 	ErrRateLimited = errors.New("mqtt: too many connections from this address")
 )

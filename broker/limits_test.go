@@ -201,3 +201,33 @@ func TestConnectionRate(t *testing.T) {
 		t.Fatal("third connection within the minute was served")
 	}
 }
+
+// TestMaxClientsCountsSockets: max_connections counts connections that have
+// not sent CONNECT yet, as mosquitto's does, so silent sockets cannot pile
+// up past it.
+func TestMaxClientsCountsSockets(t *testing.T) {
+	tb := newTestBroker(t, Options{MaxClients: 2, ConnectTimeout: time.Minute}, AnonymousPolicy{Allow: true})
+	silent, err := net.Dial("tcp", tb.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	if _, err := dialConnect(t, tb.addr, "one"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for tb.Clients() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := dialConnect(t, tb.addr, "three"); err == nil {
+		t.Fatal("a third connection was served with max_connections 2")
+	}
+	silent.Close()
+	deadline = time.Now().Add(2 * time.Second)
+	for tb.Clients() > 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := dialConnect(t, tb.addr, "after"); err != nil {
+		t.Fatalf("after the silent socket left: %v", err)
+	}
+}

@@ -49,6 +49,10 @@ type Options struct {
 	// kept. Zero means no cap.
 	MaxSessionExpiry time.Duration
 
+	// WriteTimeout bounds each write to a client; a client that takes no
+	// data for that long is disconnected. Default 30 s.
+	WriteTimeout time.Duration
+
 	// MaxSubscriptions caps the subscriptions one client holds (0 = no
 	// limit). Filters over the cap are refused in the SUBACK.
 	MaxSubscriptions int
@@ -75,6 +79,7 @@ const (
 	DefaultReceiveMaximum      = 1024
 	DefaultConnectTimeout      = 10 * time.Second
 	DefaultSysInterval         = 10 * time.Second
+	DefaultWriteTimeout        = 30 * time.Second
 )
 
 // WithDefaults returns o with every zero field set to its default.
@@ -93,6 +98,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
 	}
 	if o.SysInterval <= 0 {
 		o.SysInterval = DefaultSysInterval

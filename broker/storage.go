@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -426,13 +427,11 @@ func rotateAfterLargestGap(g []packets.Packet) {
 	copy(g, rot)
 }
 
-// SetDeadline sets the read deadline and the write deadline, the latter
-// bounded by capWrites.
+// SetDeadline sets the read deadline only. mochi calls it with the
+// keepalive deadline after every packet it reads, and with none for
+// keepalive 0; writes have a deadline of their own (see write).
 func (c *clientConn) SetDeadline(t time.Time) error {
-	if err := c.Conn.SetReadDeadline(t); err != nil {
-		return err
-	}
-	return c.SetWriteDeadline(t)
+	return c.Conn.SetReadDeadline(t)
 }
 
 // SetWriteDeadline sets the write deadline, bounded by capWrites.
@@ -465,7 +464,7 @@ func (c *clientConn) release() error {
 	if len(c.held) == 0 {
 		return nil
 	}
-	_, err := c.Conn.Write(c.held)
+	_, err := c.write(c.held)
 	if cap(c.held) > 64<<10 {
 		c.held = nil
 	} else {
@@ -482,5 +481,22 @@ func (c *clientConn) Write(p []byte) (int, error) {
 		c.held = append(c.held, p...)
 		return len(p), nil
 	}
-	return c.Conn.Write(p)
+	return c.write(p)
+}
+
+// write sends p within the write timeout and closes the connection when a
+// write times out. A client that takes nothing for that long is gone or
+// stalled; without a bound, a stalled client with keepalive 0 would keep its
+// session forever, and a new connection taking its client id over would
+// wait forever for the DISCONNECT written to it.
+func (c *clientConn) write(p []byte) (int, error) {
+	if c.writeTimeout > 0 {
+		_ = c.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	}
+	n, err := c.Conn.Write(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		_ = c.Conn.Close()
+	}
+	return n, err
 }

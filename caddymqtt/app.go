@@ -117,7 +117,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	opts := a.brokerOptions()
 	val, loaded, err := brokers.LoadOrNew(brokerKey, func() (caddy.Destructor, error) {
-		return &sharedBroker{opts: opts, shutdownTimeout: a.shutdownTimeout()}, nil
+		return &sharedBroker{opts: opts}, nil
 	})
 	if err != nil {
 		return err
@@ -126,7 +126,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if loaded {
 		a.shared.warnFixedChanges(a.logger, opts)
 	}
-	a.shared.setShutdownTimeout(a.shutdownTimeout())
 	// Read the password and ACL files now, so that `caddy validate` and a
 	// failed reload report their errors; Start swaps the policy in.
 	policy, err := a.BuildPolicy(a.AllowAnonymous)
@@ -163,8 +162,14 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
+	// Caddy does not call Stop on an app whose Start failed, so everything
+	// that can fail comes before the policy swap.
+	if err := a.manageTLSNames(); err != nil {
+		return err
+	}
+	a.shared.setShutdownTimeout(a.shutdownTimeout())
 	a.restore = b.SetPolicy(a.policy)
-	return a.manageTLSNames()
+	return nil
 }
 
 // Stop leaves the broker running: on a reload the next config already uses
@@ -215,11 +220,14 @@ func (a *App) brokerOptions() broker.Options {
 	}.WithDefaults()
 }
 
+// defaultShutdownTimeout keeps `caddy stop` well within 5 s.
+const defaultShutdownTimeout = 3 * time.Second
+
 func (a *App) shutdownTimeout() time.Duration {
 	if a.ShutdownTimeout > 0 {
 		return time.Duration(a.ShutdownTimeout)
 	}
-	return 3 * time.Second
+	return defaultShutdownTimeout
 }
 
 // sharedBroker is the pooled value. The broker is created on first use rather
@@ -230,12 +238,19 @@ type sharedBroker struct {
 	mu              sync.Mutex
 	b               *broker.Broker
 	err             error
+	destroyed       bool
 	shutdownTimeout time.Duration
 }
 
 func (s *sharedBroker) get() (*broker.Broker, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.destroyed {
+		// A door of an unloaded config still asking: starting a broker
+		// now would leave one that nothing shuts down (holding the
+		// storage lock the next config needs).
+		return nil, broker.ErrClosed
+	}
 	if s.b == nil && s.err == nil {
 		s.b, s.err = broker.New(s.opts, nil)
 	}
@@ -265,9 +280,13 @@ func (s *sharedBroker) warnFixedChanges(log *zap.Logger, next broker.Options) {
 func (s *sharedBroker) Destruct() error {
 	s.mu.Lock()
 	b, d := s.b, s.shutdownTimeout
+	s.destroyed = true
 	s.mu.Unlock()
 	if b == nil {
 		return nil
+	}
+	if d <= 0 {
+		d = defaultShutdownTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()

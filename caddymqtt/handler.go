@@ -108,9 +108,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Debug("websocket upgrade refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		return nil
 	}
-	// MQTT packets can be as large as the broker allows and may span frames;
-	// the broker enforces its own packet limit.
-	ws.SetReadLimit(-1)
 
 	door := broker.DoorWS
 	if r.TLS != nil {
