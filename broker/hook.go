@@ -166,20 +166,15 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	if c == nil {
 		return false
 	}
-	access := AccessRead
 	switch {
 	case write:
-		access = AccessPublish
-	default:
-		subscribing, refused := cc.subscribing.lookup(topic)
-		if refused {
-			return false
-		}
-		if subscribing || strings.ContainsAny(topic, "+#") {
-			access = AccessSubscribe
-		}
+		return h.b.Policy().Authorize(c, topic, AccessPublish)
+	case cc.subscribing.has(topic):
+		return h.b.Policy().Authorize(c, topic, AccessSubscribe) && cc.subscribing.grant(topic)
+	case strings.ContainsAny(topic, "+#"):
+		return h.b.Policy().Authorize(c, topic, AccessSubscribe)
 	}
-	return h.b.Policy().Authorize(c, topic, access)
+	return h.b.Policy().Authorize(c, topic, AccessRead)
 }
 
 // OnSessionEstablish marks the connection as known to mochi, which from now

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker/auth"
 )
 
 func TestPacketLimitScan(t *testing.T) {
@@ -229,5 +232,30 @@ func TestMaxClientsCountsSockets(t *testing.T) {
 	}
 	if _, err := dialConnect(t, tb.addr, "after"); err != nil {
 		t.Fatalf("after the silent socket left: %v", err)
+	}
+}
+
+// TestMaxSubscriptionsCountsGrantedOnly: a filter the ACL refuses does not
+// use up a place under max_subscriptions.
+func TestMaxSubscriptionsCountsGrantedOnly(t *testing.T) {
+	acl, err := auth.ParseACLFile(strings.NewReader("topic read allowed/#\n"), "acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := newTestBroker(t, Options{MaxSubscriptions: 1}, &AuthPolicy{AllowAnonymous: true, ACL: acl})
+	c, err := dialConnect(t, tb.addr, "subs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	sa, _ := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: "denied/x", QoS: 1}, {Topic: "allowed/y", QoS: 1}, {Topic: "allowed/z", QoS: 1},
+	}})
+	if sa == nil {
+		t.Fatal("no SUBACK")
+	}
+	if want := []byte{0x87, 1, 0x87}; string(sa.Reasons) != string(want) {
+		t.Fatalf("reasons %x, want %x", sa.Reasons, want)
 	}
 }

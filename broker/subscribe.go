@@ -8,59 +8,68 @@ import (
 )
 
 // subscribing is what the hook knows about the SUBSCRIBE a client's read
-// loop is processing: mochi calls OnSubscribe, then OnACLCheck for each
-// filter, then OnSubscribed, all on that loop. It tells the ACL check for
-// a subscription from the one for a delivery (mochi passes both as a
-// read), and which filters are over max_subscriptions.
+// loop is processing: mochi calls OnSubscribe, then OnACLCheck for each valid
+// filter, then OnSubscribed, all on that loop. It tells the ACL check for a
+// subscription from the one for a delivery (mochi passes both as a read),
+// and counts the client's subscriptions against max_subscriptions.
 type subscribing struct {
 	mu      sync.Mutex
-	filters map[string]bool // filter -> refused for the subscription limit
+	filters map[string]bool // filter of this SUBSCRIBE -> not held yet
+	held    int             // subscriptions held, counting those granted so far
+	max     int             // 0: no limit
 }
 
-func (s *subscribing) begin(filters map[string]bool) {
+func (s *subscribing) begin(filters map[string]bool, held, max int) {
 	s.mu.Lock()
-	s.filters = filters
+	s.filters, s.held, s.max = filters, held, max
 	s.mu.Unlock()
 }
 
-// lookup reports whether filter belongs to the SUBSCRIBE being processed,
-// and whether it is refused by the limit.
-func (s *subscribing) lookup(filter string) (subscribing, refused bool) {
+// has reports whether filter belongs to the SUBSCRIBE being processed.
+func (s *subscribing) has(filter string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	refused, subscribing = s.filters[filter]
-	return subscribing, refused
+	_, ok := s.filters[filter]
+	return ok
 }
 
-// OnSubscribe notes the filters of a SUBSCRIBE and which of them would take
-// the client over max_subscriptions; a filter it already has replaces its
-// old subscription and does not count.
+// grant counts a filter the policy allowed, reporting false when it would
+// take the client over max_subscriptions. A filter the client holds already
+// replaces its old subscription and does not count.
+func (s *subscribing) grant(filter string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	isNew, ok := s.filters[filter]
+	if !ok || !isNew {
+		return true
+	}
+	if s.max > 0 && s.held >= s.max {
+		return false
+	}
+	s.held++
+	s.filters[filter] = false // a repeated filter in one SUBSCRIBE counts once
+	return true
+}
+
+// OnSubscribe notes the filters of a SUBSCRIBE and which of them the client
+// does not hold yet.
 func (h *dispatchHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	cc, ok := cl.Net.Conn.(*clientConn)
 	if !ok {
 		return pk
 	}
-	max := h.b.opts.MaxSubscriptions
-	held := cl.State.Subscriptions.Len()
 	filters := make(map[string]bool, len(pk.Filters))
 	for _, sub := range pk.Filters {
-		if _, dup := filters[sub.Filter]; dup {
-			continue
-		}
 		_, has := cl.State.Subscriptions.Get(sub.Filter)
-		refused := max > 0 && !has && held >= max
-		if !has && !refused {
-			held++
-		}
-		filters[sub.Filter] = refused
+		filters[sub.Filter] = !has
 	}
-	cc.subscribing.begin(filters)
+	cc.subscribing.begin(filters, cl.State.Subscriptions.Len(), h.b.opts.MaxSubscriptions)
 	return pk
 }
 
 // OnSubscribed ends the SUBSCRIBE noted by OnSubscribe.
 func (h *dispatchHook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
-		cc.subscribing.begin(nil)
+		cc.subscribing.begin(nil, 0, 0)
 	}
 }
