@@ -43,7 +43,7 @@ func raiseFileLimit(t *testing.T, need uint64) {
 func TestSlowloris(t *testing.T) {
 	const (
 		n              = 5000
-		connectTimeout = 3 * time.Second
+		connectTimeout = 5 * time.Second
 	)
 	raiseFileLimit(t, n+1000)
 	c := startCaddy(t, fmt.Sprintf("connect_timeout %v", connectTimeout))
