@@ -39,7 +39,7 @@ func raiseFileLimit(t *testing.T, need uint64) {
 // TestSlowloris opens 5,000 TCP connections that never send CONNECT. While
 // they are all open, a normal client must still connect within 2 s and get a
 // round trip; every one of them is closed by the server once the CONNECT
-// timeout (3 s here) has passed, and their goroutines are gone.
+// timeout (5 s here) has passed, and their goroutines are gone.
 func TestSlowloris(t *testing.T) {
 	const (
 		n              = 5000
