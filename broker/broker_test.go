@@ -23,10 +23,23 @@ func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
+	})
+	return &testBroker{Broker: b, addr: serveDoor(t, b, ConnInfo{Door: DoorTCP})}
+}
+
+// serveDoor serves a real loopback listener as one door of b and returns
+// its address.
+func serveDoor(t *testing.T, b *Broker, info ConnInfo) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -35,17 +48,11 @@ func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
 			}
 			go func() {
 				defer conn.Close()
-				_ = b.Serve(conn, ConnInfo{Door: DoorTCP})
+				_ = b.Serve(conn, info)
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	return &testBroker{Broker: b, addr: ln.Addr().String()}
+	return ln.Addr().String()
 }
 
 func (tb *testBroker) connect(t *testing.T, id string) (*paho.Client, chan *paho.Disconnect, *paho.Connack, error) {

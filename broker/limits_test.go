@@ -72,29 +72,6 @@ func TestRateLimiter(t *testing.T) {
 	}
 }
 
-// serveDoor serves a real loopback listener as one door with limits.
-func serveDoor(t *testing.T, b *Broker, info ConnInfo) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_ = b.Serve(conn, info)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func dialConnect(t *testing.T, addr, id string) (*paho.Client, error) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)

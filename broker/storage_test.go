@@ -17,24 +17,7 @@ import (
 // serveStorageTCP feeds the broker from a loopback listener until the test ends.
 func serveStorageTCP(t *testing.T, b *Broker) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_ = b.Serve(conn, ConnInfo{Door: Doors[0]})
-			}()
-		}
-	}()
-	return "tcp://" + l.Addr().String()
+	return "tcp://" + serveDoor(t, b, ConnInfo{Door: DoorTCP})
 }
 
 func storageConnectV3(t *testing.T, url, id string, clean bool, msgs chan<- string) pahov3.Client {

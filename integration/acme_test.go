@@ -29,7 +29,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	paho "github.com/eclipse/paho.golang/paho"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -387,39 +386,6 @@ next:
 	return false
 }
 
-// connectV5Over runs an MQTT 5 client over an established connection.
-func connectV5Over(t testing.TB, conn net.Conn, door, id string, mod ...func(*paho.Connect)) *V5 {
-	t.Helper()
-	v := &V5{Door: door, Raw: &lockedConn{Conn: conn}, Msgs: make(chan *paho.Publish, 1000), Disconnect: make(chan *paho.Disconnect, 1)}
-	v.Client = paho.NewClient(paho.ClientConfig{
-		ClientID: id,
-		Conn:     v.Raw,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-			func(pr paho.PublishReceived) (bool, error) {
-				v.Msgs <- pr.Packet
-				return true, nil
-			},
-		},
-		OnServerDisconnect: func(d *paho.Disconnect) { v.Disconnect <- d },
-		OnClientError:      func(error) { v.Lost.Store(true) },
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true}
-	for _, m := range mod {
-		m(cp)
-	}
-	ca, err := v.Connect(ctx, cp)
-	if err != nil {
-		t.Fatalf("v5 connect via %s: %v", door, err)
-	}
-	if ca.ReasonCode != 0 {
-		t.Fatalf("v5 connect via %s: reason %#x", door, ca.ReasonCode)
-	}
-	t.Cleanup(func() { _ = v.Client.Disconnect(&paho.Disconnect{}) })
-	return v
-}
-
 // dialWSSName opens MQTT over WSS to wss://<name>:<port>/mqtt, reaching the
 // name at 127.0.0.1 and verifying the certificate with roots. It returns the
 // connection and the certificate the server presented.
@@ -660,28 +626,11 @@ func TestACMEBrokerOnlyHostRSA(t *testing.T) {
 // MQTT/TLS door and on 1883) and the dashboard (on WSS) talk within the
 // example's ACL, and anonymous clients are refused.
 func TestProductionExample(t *testing.T) {
-	raw, err := os.ReadFile("../caddyfile-examples/production.Caddyfile")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ports := freePorts(t)
 	pb := startPebble(t, time.Hour, ports.HTTP, ports.HTTPS)
-	www := t.TempDir()
-	writeTestFile(t, filepath.Join(www, "index.html"), "production page")
-	conf := strings.NewReplacer(
-		"\temail admin@example.com\n", fmt.Sprintf("\tadmin 127.0.0.1:%d\n\thttp_port %d\n\thttps_port %d\n\tdefault_bind 127.0.0.1\n"+
-			"\tskip_install_trust\n\tacme_ca %s\n\tacme_ca_root %s\n\temail admin@example.test\n",
-			ports.Admin, ports.HTTP, ports.HTTPS, pb.Directory, pb.ListenerPEM),
-		"example.com", "example.test",
+	conf := exampleOnLoopback(t, "../caddyfile-examples/production.Caddyfile", ports, pb, "production page",
 		"\t\t:8883 {", fmt.Sprintf("\t\t127.0.0.1:%d {", ports.TLS),
-		"\t\t:1883 {", fmt.Sprintf("\t\t127.0.0.1:%d {", ports.TCP),
-		"/var/www/example.com", www,
-	).Replace(string(raw))
-	for _, want := range []string{"admin 127.0.0.1", fmt.Sprintf("127.0.0.1:%d {", ports.TLS), fmt.Sprintf("127.0.0.1:%d {", ports.TCP), www} {
-		if !strings.Contains(conf, want) {
-			t.Fatalf("production.Caddyfile changed shape: %q not substituted", want)
-		}
-	}
+		"\t\t:1883 {", fmt.Sprintf("\t\t127.0.0.1:%d {", ports.TCP))
 	c := startCaddyConfig(t, conf, ports, ports.HTTP, ports.HTTPS, ports.TLS, ports.TCP)
 	roots := pb.Roots(t)
 	mqttTLS := &tls.Config{RootCAs: roots, ServerName: "mqtt.example.test", NextProtos: []string{"mqtt"}}
@@ -733,4 +682,34 @@ func TestProductionExample(t *testing.T) {
 	if rc := readConnack(t, anon); rc < 0x80 {
 		t.Errorf("anonymous client accepted (reason %#x)", rc)
 	}
+}
+
+// exampleOnLoopback reads a shipped example and points it at this test:
+// admin endpoint, HTTP/HTTPS ports and bind address on loopback and pebble
+// as the ACME CA (added to the global block, which has `email
+// admin@example.com`), example.com renamed example.test, and the web root at
+// a temporary page saying page. listeners are more old/new pairs that move
+// the example's well-known ports. A piece of the example that is not found
+// fails the test, so a change to the example cannot silently skip one.
+func exampleOnLoopback(t *testing.T, file string, ports Ports, pb *Pebble, page string, listeners ...string) string {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	www := t.TempDir()
+	writeTestFile(t, filepath.Join(www, "index.html"), page)
+	pairs := append([]string{
+		"\temail admin@example.com\n", fmt.Sprintf("\tadmin 127.0.0.1:%d\n\thttp_port %d\n\thttps_port %d\n\tdefault_bind 127.0.0.1\n"+
+			"\tskip_install_trust\n\tacme_ca %s\n\tacme_ca_root %s\n\temail admin@example.test\n",
+			ports.Admin, ports.HTTP, ports.HTTPS, pb.Directory, pb.ListenerPEM),
+		"/var/www/example.com", www,
+		"example.com", "example.test",
+	}, listeners...)
+	for i := 0; i < len(pairs); i += 2 {
+		if !strings.Contains(string(raw), pairs[i]) {
+			t.Fatalf("%s changed shape: %q not found", file, pairs[i])
+		}
+	}
+	return strings.NewReplacer(pairs...).Replace(string(raw))
 }

@@ -96,7 +96,13 @@ type V5 struct {
 // ConnectV5 connects an MQTT 5 client through door.
 func (c *Caddy) ConnectV5(t testing.TB, door, id string, mod ...func(*paho.Connect)) *V5 {
 	t.Helper()
-	v := &V5{Door: door, Raw: &lockedConn{Conn: c.Dial(t, door)}, Msgs: make(chan *paho.Publish, 10000), Disconnect: make(chan *paho.Disconnect, 1)}
+	return connectV5Over(t, c.Dial(t, door), door, id, mod...)
+}
+
+// connectV5Over runs an MQTT 5 client over an established connection.
+func connectV5Over(t testing.TB, conn net.Conn, door, id string, mod ...func(*paho.Connect)) *V5 {
+	t.Helper()
+	v := &V5{Door: door, Raw: &lockedConn{Conn: conn}, Msgs: make(chan *paho.Publish, 10000), Disconnect: make(chan *paho.Disconnect, 1)}
 	v.Client = paho.NewClient(paho.ClientConfig{
 		ClientID: id,
 		Conn:     v.Raw,

@@ -26,43 +26,15 @@ import (
 // identityCaddyfile requires a client certificate from the device CA
 // (@CA@) on the MQTT/TLS door, and verifies one if given on the WSS site
 // (so browsers and the harness can still connect without one).
-const identityCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	http_port {{.HTTP}}
-	https_port {{.HTTPS}}
-	default_bind 127.0.0.1
-	local_certs
-	skip_install_trust
-	mqtt {
-		connect_timeout 2s
-		{{.Extra}}
-	}
-	layer4 {
-		127.0.0.1:{{.TCP}} {
-			route {
-				mqtt
-			}
-		}
-		127.0.0.1:{{.TLS}} {
-			@tls tls
-			route @tls {
-				tls {
-					connection_policy {
-						alpn mqtt x-amzn-mqtt-ca
-						default_sni localhost
-						client_auth {
+var identityCaddyfile = derive(authCaddyfile,
+	"\t\t\t\t\t\t{{.Body}}\n", `						client_auth {
 							mode require_and_verify
 							trust_pool file @CA@
 						}
-					}
-				}
-				mqtt
-			}
-		}
-	}
-}
-
-https://localhost:{{.HTTPS}} {
+`,
+	`https://localhost:{{.HTTPS}} {
+	mqtt /mqtt
+`, `https://localhost:{{.HTTPS}} {
 	tls {
 		client_auth {
 			mode verify_if_given
@@ -72,14 +44,7 @@ https://localhost:{{.HTTPS}} {
 	mqtt /mqtt {
 		use_identity_as_username
 	}
-	respond "wss"
-}
-
-http://localhost:{{.HTTP}} {
-	mqtt /mqtt
-	respond "ws"
-}
-`
+`)
 
 // identityACL lets anonymous observers read, and only the device's
 // certificate name write.
