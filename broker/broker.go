@@ -51,6 +51,7 @@ type Broker struct {
 	policy atomic.Pointer[policyBox]
 	ids    idLocks // see takeover.go
 
+	store     *boltStore    // nil without storage
 	rate      *rateLimiter  // per client IP; nil when unlimited
 	authSlots chan struct{} // see authslots.go
 	refusals  logLimiter    // see logRefusal
@@ -75,7 +76,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.MaxPacketSize
 	caps.MaximumClientWritesPending = opts.MaxQueuedMessages
-	caps.MaximumInflight = opts.MaxInflightMessages
+	// mochi's per-client store of QoS 1/2 messages holds those in flight
+	// and those queued; flow.go and the ACL hook keep it within
+	// max_inflight_messages + max_queued_messages, and MQTT packet
+	// identifiers bound it anyway.
+	caps.MaximumInflight = math.MaxUint16
 	caps.ReceiveMaximum = opts.ReceiveMaximum
 	caps.MaximumMessageExpiryInterval = int64(opts.MaxMessageExpiry / time.Second)
 	if opts.MaxSessionExpiry > 0 {
@@ -108,6 +113,9 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
 		return nil, err
 	}
+	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
+		return nil, err
+	}
 	order := &orderHook{b: b, holdAck: opts.Storage.Enabled()}
 	if err := b.srv.AddHook(order, nil); err != nil {
 		return nil, err
@@ -122,7 +130,7 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		if err := b.srv.AddHook(hook, config); err != nil {
 			return nil, fmt.Errorf("opening mqtt storage: %w", err)
 		}
-		order.store = hook
+		order.store, b.store = hook, hook
 	}
 	// mochi's Close only disconnects clients of registered listeners, so each
 	// door is a listener that accepts nothing by itself.
@@ -169,7 +177,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if info.Door == "" {
 		return errors.New("mqtt: connection without a door")
 	}
-	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout}
+	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout, broker: b}
 	defer cc.releaseID() // see takeover.go
 	// Every connection's byte stream goes through the packet framing check:
 	// it applies the door's own size limit, and it rejects a remaining
@@ -351,6 +359,7 @@ func (b *Broker) isClosing() bool {
 type clientConn struct {
 	net.Conn
 	info        ConnInfo
+	broker      *Broker
 	client      atomic.Pointer[Client]
 	established atomic.Bool
 	// writeTimeout bounds every write to the client (see write).
@@ -363,6 +372,9 @@ type clientConn struct {
 	holding bool
 	held    []byte
 	resend  resendOrder
+	// Outgoing flow control (flow.go), set up at CONNECT; guarded by wmu.
+	flow  *outFlow
+	mochi *mqtt.Client
 	// writeCap bounds every write deadline once shutdown starts (unix ns).
 	writeCap atomic.Int64
 }

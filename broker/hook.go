@@ -147,7 +147,8 @@ func willAllowed(p Policy, c *Client, topic string) error {
 }
 
 // OnACLCheck is called for publishes (write), for subscription filters and
-// for every delivery (read). mochi does not say which of the last two it is:
+// for every delivery (read), where it also applies the queue limit of
+// disconnected sessions. mochi does not say which of the last two it is:
 // a filter of the SUBSCRIBE being processed (see OnSubscribe) or one with
 // wildcards is a subscription; for a topic without wildcards the subscribe
 // and read checks agree anyway.
@@ -160,7 +161,8 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 		// A persistent session restored from storage that has not
 		// reconnected yet: it has no connection, but messages for it
 		// must still be queued if its user may read them.
-		return h.b.Policy().Authorize(&Client{ID: cl.ID, Username: string(cl.Properties.Username)}, topic, AccessRead)
+		return h.b.Policy().Authorize(&Client{ID: cl.ID, Username: string(cl.Properties.Username)}, topic, AccessRead) &&
+			!h.b.offlineQueueFull(cl, nil)
 	}
 	c := cc.client.Load()
 	if c == nil {
@@ -174,7 +176,13 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	case strings.ContainsAny(topic, "+#"):
 		return h.b.Policy().Authorize(c, topic, AccessSubscribe)
 	}
-	return h.b.Policy().Authorize(c, topic, AccessRead)
+	if !h.b.Policy().Authorize(c, topic, AccessRead) {
+		return false
+	}
+	// A disconnected persistent session queues at most max_queued_messages
+	// (a connected one is limited by its connection, see flow.go). QoS 0
+	// messages are not kept for it anyway.
+	return !cl.Closed() || !h.b.offlineQueueFull(cl, cc)
 }
 
 // OnSessionEstablish marks the connection as known to mochi, which from now

@@ -20,6 +20,10 @@ type DoorLimits struct {
 	// (0: the broker's). It can only lower the broker's limit, which mochi
 	// enforces for every door.
 	MaxPacketSize uint32
+	// MaxInflightMessages and MaxQueuedMessages replace the broker's for
+	// this door's clients (0: the broker's). See Options and flow.go.
+	MaxInflightMessages int
+	MaxQueuedMessages   int
 }
 
 // Errors for connections refused by a limit.

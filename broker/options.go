@@ -14,15 +14,20 @@ type Options struct {
 	// allocated. Default 1 MiB; mochi's own default is unlimited.
 	MaxPacketSize uint32
 
-	// MaxQueuedMessages bounds the packets waiting to be written to one client
-	// (mosquitto's max_queued_messages). When a subscriber does not read, QoS 0
-	// messages beyond this are dropped and counted; QoS 1/2 ones stay in the
-	// client's in-flight store. Default 1000; mochi's default of 8192
-	// allocates 64 KiB per client before CONNECT.
+	// MaxQueuedMessages is the number of QoS 1/2 messages held for one
+	// client beyond those in flight (mosquitto's max_queued_messages), for a
+	// connected client waiting for its window and for a disconnected
+	// persistent session; a message that finds the queue full is dropped
+	// and counted. It also sizes each client's write buffer: QoS 0 messages
+	// are never queued, and are dropped when that many packets wait to be
+	// written to a client that does not read. Default 1000. A door may set
+	// its own (DoorLimits); the write buffer keeps this size.
 	MaxQueuedMessages int32
 
-	// MaxInflightMessages bounds the QoS 1/2 messages stored per client
-	// (mosquitto's max_inflight_messages). Default 8192.
+	// MaxInflightMessages is the number of QoS 1/2 messages written to one
+	// client and not yet acknowledged, at most (mosquitto's
+	// max_inflight_messages; an MQTT 5 client's smaller Receive Maximum
+	// wins). Default 20, as in mosquitto. A door may set its own.
 	MaxInflightMessages uint16
 
 	// ReceiveMaximum is the number of unacknowledged QoS 1/2 publishes the
@@ -75,7 +80,7 @@ type Options struct {
 const (
 	DefaultMaxPacketSize       = 1 << 20
 	DefaultMaxQueuedMessages   = 1000
-	DefaultMaxInflightMessages = 8192
+	DefaultMaxInflightMessages = 20
 	DefaultReceiveMaximum      = 1024
 	DefaultConnectTimeout      = 10 * time.Second
 	DefaultSysInterval         = 10 * time.Second

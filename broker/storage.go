@@ -464,7 +464,7 @@ func (c *clientConn) release() error {
 	if len(c.held) == 0 {
 		return nil
 	}
-	_, err := c.write(c.held)
+	_, err := c.send(c.held)
 	if cap(c.held) > 64<<10 {
 		c.held = nil
 	} else {
@@ -481,7 +481,7 @@ func (c *clientConn) Write(p []byte) (int, error) {
 		c.held = append(c.held, p...)
 		return len(p), nil
 	}
-	return c.write(p)
+	return c.send(p)
 }
 
 // write sends p within the write timeout and closes the connection when a

@@ -44,12 +44,21 @@ type App struct {
 	// close the connection before anything is allocated. Default 1 MiB. Fixed.
 	MaxPacketSize int `json:"max_packet_size,omitempty"`
 
-	// Messages queued for writing to one client before QoS 0 messages are
-	// dropped (mosquitto's max_queued_messages). Default 1000. Fixed.
+	// QoS 1 and 2 messages held for one client beyond those in flight
+	// (mosquitto's max_queued_messages): while a connected client's window
+	// is full, and for a disconnected persistent session. A message that
+	// finds the queue full is dropped and counted in
+	// $SYS/broker/messages/dropped. It also sizes each client's write
+	// buffer: QoS 0 messages are not queued, they are dropped once that many
+	// packets wait to be written to a client that does not read. Default
+	// 1000. A door's own max_queued_messages wins for its clients. Fixed.
 	MaxQueuedMessages int `json:"max_queued_messages,omitempty"`
 
-	// QoS 1 and 2 messages kept in flight per client (mosquitto's
-	// max_inflight_messages). Default 8192. Fixed.
+	// QoS 1 and 2 messages written to one client and not yet acknowledged,
+	// at most (mosquitto's max_inflight_messages); later ones wait in the
+	// client's queue, in order. An MQTT 5 client's smaller Receive Maximum
+	// wins. Default 20, as in mosquitto. A door's own value wins for its
+	// clients. Fixed.
 	MaxInflightMessages int `json:"max_inflight_messages,omitempty"`
 
 	// Most clients connected at once over all doors; 0 means no limit
@@ -141,19 +150,15 @@ func (a *App) Validate() error {
 	switch {
 	case a.MaxPacketSize < 0 || a.MaxPacketSize > maxPacketSizeLimit:
 		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", a.MaxPacketSize)
-	case a.MaxQueuedMessages < 0 || a.MaxQueuedMessages > 1<<20:
-		return fmt.Errorf("max_queued_messages %d out of range (0 to 1048576)", a.MaxQueuedMessages)
-	case a.MaxInflightMessages < 0 || a.MaxInflightMessages > 65535:
-		return fmt.Errorf("max_inflight_messages %d out of range (0 to 65535)", a.MaxInflightMessages)
 	case a.MaxConnections < 0 || a.MaxSubscriptions < 0 || a.MaxConnectionRate < 0 || a.ConnectionRateInterval < 0:
 		return fmt.Errorf("max_connections, max_subscriptions and max_connection_rate must not be negative")
 	case a.ConnectTimeout < 0 || a.SysInterval < 0 || a.MaxMessageExpiry < 0 || a.ShutdownTimeout < 0:
 		return fmt.Errorf("durations must not be negative")
 	}
-	if err := a.Storage.validate(); err != nil {
+	if err := validateFlow(a.MaxInflightMessages, a.MaxQueuedMessages); err != nil {
 		return err
 	}
-	return nil
+	return a.Storage.validate()
 }
 
 // Start makes this config's policy the one in force. Sessions stay.

@@ -129,6 +129,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		use_subject_as_username [true|false]
 //		max_connections <n>
 //		max_packet_size <size>
+//		max_inflight_messages <n>
+//		max_queued_messages <n>
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)

@@ -35,6 +35,16 @@ type DoorOptions struct {
 	// Largest packet a client of this door may send, in bytes. It can only
 	// lower the app's max_packet_size.
 	MaxPacketSize int `json:"max_packet_size,omitempty"`
+
+	// QoS 1 and 2 messages written to one client of this door and not yet
+	// acknowledged, at most (an MQTT 5 client's smaller Receive Maximum
+	// wins). 0: the app's max_inflight_messages.
+	MaxInflightMessages int `json:"max_inflight_messages,omitempty"`
+
+	// QoS 1 and 2 messages held for one client of this door beyond those in
+	// flight, connected or not; more are dropped. 0: the app's
+	// max_queued_messages.
+	MaxQueuedMessages int `json:"max_queued_messages,omitempty"`
 }
 
 // ConnInfo is what the broker is told about a connection of this door.
@@ -46,6 +56,9 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 		Limits: broker.DoorLimits{
 			MaxConnections: o.MaxConnections,
 			MaxPacketSize:  uint32(o.MaxPacketSize),
+
+			MaxInflightMessages: o.MaxInflightMessages,
+			MaxQueuedMessages:   o.MaxQueuedMessages,
 		},
 	}
 }
@@ -62,6 +75,19 @@ func (o DoorOptions) Validate() error {
 	if o.MaxPacketSize < 0 || o.MaxPacketSize > maxPacketSizeLimit {
 		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", o.MaxPacketSize)
 	}
+	return validateFlow(o.MaxInflightMessages, o.MaxQueuedMessages)
+}
+
+// validateFlow checks max_inflight_messages and max_queued_messages. Both
+// count messages a client has stored, which MQTT's 16-bit packet
+// identifiers bound.
+func validateFlow(inflight, queued int) error {
+	if inflight < 0 || inflight > 65535 {
+		return fmt.Errorf("max_inflight_messages %d out of range (0 to 65535)", inflight)
+	}
+	if queued < 0 || queued > 65535 {
+		return fmt.Errorf("max_queued_messages %d out of range (0 to 65535)", queued)
+	}
 	return nil
 }
 
@@ -73,6 +99,8 @@ func (o DoorOptions) Validate() error {
 //	use_subject_as_username [true|false]
 //	max_connections <n>
 //	max_packet_size <size>
+//	max_inflight_messages <n>
+//	max_queued_messages <n>
 func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) {
 	var target **bool
 	switch d.Val() {
@@ -89,6 +117,14 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 	case "max_packet_size":
 		n, err := parseSizeArg(d)
 		o.MaxPacketSize = n
+		return true, err
+	case "max_inflight_messages":
+		n, err := parseIntArg(d)
+		o.MaxInflightMessages = n
+		return true, err
+	case "max_queued_messages":
+		n, err := parseIntArg(d)
+		o.MaxQueuedMessages = n
 		return true, err
 	default:
 		return false, nil

@@ -68,9 +68,10 @@ func persistentV3(c *Caddy, t *testing.T, door, id string) *V3 {
 // QoS 1 messages are published and acknowledged; Caddy is killed with
 // SIGKILL right after the last PUBACK, without any grace; after a restart on
 // the same data directory both subscribers get all 5,000 in order, and the
-// retained message is back.
+// retained message is back. (max_queued_messages is raised from its
+// default of 1000 so that all 5,000 may wait.)
 func TestRestartKeepsQueuedMessages(t *testing.T) {
-	c := startCaddy(t, "storage bolt")
+	c := startCaddy(t, "storage bolt\n\tmax_queued_messages 5000")
 	if _, err := os.Stat(c.StorageFile()); err != nil {
 		t.Fatalf("storage file: %v", err)
 	}

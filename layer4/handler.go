@@ -84,6 +84,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //		use_subject_as_username [true|false]
 //		max_connections <n>
 //		max_packet_size <size>
+//		max_inflight_messages <n>
+//		max_queued_messages <n>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name

@@ -1,0 +1,349 @@
+package broker
+
+import (
+	"bytes"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Outgoing flow control: mosquitto's max_inflight_messages and
+// max_queued_messages, per connection, and the MQTT 5 client's Receive
+// Maximum.
+//
+// At most window QoS 1/2 PUBLISH packets are written to a client without
+// their acknowledgement (PUBACK; PUBCOMP or an error PUBREC for QoS 2). Later
+// ones wait, in order, in the connection's queue, at most queueMax of them;
+// a QoS 1/2 message that finds the queue full is dropped, like mosquitto does.
+// QoS 0 messages and acknowledgements are never held.
+//
+// mochi has a send quota of its own for the Receive Maximum, but it cannot be
+// set per door, and it loses track of what it held back: a held message it
+// sends later is deleted from the client's in-flight store, so the client's
+// acknowledgement no longer restores the quota (after Receive Maximum such
+// messages a client gets nothing more) and the message is not resent after
+// a reconnect. flowHook switches mochi's quota off at CONNECT; the window is
+// kept here, below mochi, on the bytes mochi writes, and mochi's in-flight
+// store still holds every QoS 1/2 message, sent or queued, so a reconnect
+// resends all of them (through the window again).
+type outFlow struct {
+	window   int // QoS 1/2 publishes written and not yet acknowledged, at most
+	queueMax int // QoS 1/2 publishes waiting for the window, at most
+
+	inflight map[uint16]struct{} // written, not yet acknowledged
+	queue    []queuedPublish     // waiting, oldest first, from head on
+	head     int
+	queued   map[uint16]struct{} // packet identifiers in queue[head:]
+	partial  []byte              // the start of a packet split across writes
+}
+
+// queuedPublish is an encoded PUBLISH waiting for the window.
+type queuedPublish struct {
+	id uint16
+	b  []byte
+}
+
+func newOutFlow(window, queueMax int) *outFlow {
+	return &outFlow{window: window, queueMax: queueMax}
+}
+
+// queueLen is the number of publishes waiting.
+func (f *outFlow) queueLen() int { return len(f.queue) - f.head }
+
+// filter takes bytes mochi writes to the client and returns those to write
+// now; QoS 1/2 publishes that do not fit the window are kept back, and the
+// identifiers of those that do not fit the queue either are returned in
+// dropped. The result aliases p when nothing is kept back.
+func (f *outFlow) filter(p []byte) (out []byte, dropped []uint16) {
+	if len(f.partial) > 0 {
+		p = append(f.partial, p...)
+		f.partial = nil
+	}
+	pos, run := 0, 0 // run: start of the bytes not yet copied to out
+	held := false
+	for pos < len(p) {
+		n, id, qos, ok := nextPacket(p[pos:])
+		if !ok {
+			break
+		}
+		if qos && !f.admit(id) {
+			if !held {
+				out = make([]byte, 0, len(p))
+				held = true
+			}
+			out = append(out, p[run:pos]...)
+			if f.queueLen() < f.queueMax {
+				f.enqueue(id, bytes.Clone(p[pos:pos+n]))
+			} else {
+				dropped = append(dropped, id)
+			}
+			run = pos + n
+		}
+		pos += n
+	}
+	if pos < len(p) {
+		f.partial = bytes.Clone(p[pos:])
+	}
+	if !held {
+		return p[:pos], dropped
+	}
+	return append(out, p[run:pos]...), dropped
+}
+
+// admit reports whether the QoS 1/2 publish id may be written now, and
+// counts it in flight if so.
+func (f *outFlow) admit(id uint16) bool {
+	if _, ok := f.queued[id]; ok {
+		// mochi reuses an identifier only once the message that had it is
+		// gone from its store (expired): the queued copy is stale.
+		f.unqueue(id)
+	}
+	if _, ok := f.inflight[id]; ok {
+		return true
+	}
+	if f.queueLen() > 0 || len(f.inflight) >= f.window {
+		return false
+	}
+	if f.inflight == nil {
+		f.inflight = make(map[uint16]struct{}, min(f.window, 64))
+	}
+	f.inflight[id] = struct{}{}
+	return true
+}
+
+func (f *outFlow) enqueue(id uint16, b []byte) {
+	if f.queued == nil {
+		f.queued = make(map[uint16]struct{})
+	}
+	f.queued[id] = struct{}{}
+	f.queue = append(f.queue, queuedPublish{id: id, b: b})
+}
+
+func (f *outFlow) unqueue(id uint16) {
+	delete(f.queued, id)
+	for i := f.head; i < len(f.queue); i++ {
+		if f.queue[i].id == id {
+			f.queue = append(f.queue[:i], f.queue[i+1:]...)
+			return
+		}
+	}
+}
+
+// ack ends the flow of publish id and returns the queued publishes that now
+// fit the window. stored reports whether mochi still holds a message (it
+// drops expired ones); those that are gone are skipped.
+func (f *outFlow) ack(id uint16, stored func(uint16) bool) []byte {
+	if _, ok := f.inflight[id]; !ok {
+		return nil
+	}
+	delete(f.inflight, id)
+	var out []byte
+	for len(f.inflight) < f.window && f.queueLen() > 0 {
+		q := f.queue[f.head]
+		f.queue[f.head] = queuedPublish{}
+		f.head++
+		delete(f.queued, q.id)
+		if !stored(q.id) {
+			continue
+		}
+		f.inflight[q.id] = struct{}{}
+		out = append(out, q.b...)
+	}
+	if f.head == len(f.queue) {
+		f.queue, f.head = f.queue[:0], 0
+	} else if f.head > 1024 && f.head > len(f.queue)/2 {
+		f.queue = append(f.queue[:0], f.queue[f.head:]...)
+		f.head = 0
+	}
+	return out
+}
+
+// nextPacket reads the packet at the start of b: its length, and whether it
+// is a QoS 1/2 PUBLISH with its packet identifier. ok is false while b holds
+// less than a whole packet.
+func nextPacket(b []byte) (n int, id uint16, qos bool, ok bool) {
+	length, lenBytes := 0, 0
+	for shift := 0; ; shift += 7 {
+		if 1+lenBytes >= len(b) || lenBytes == 4 {
+			return 0, 0, false, false
+		}
+		v := b[1+lenBytes]
+		lenBytes++
+		length |= int(v&0x7f) << shift
+		if v&0x80 == 0 {
+			break
+		}
+	}
+	header := 1 + lenBytes
+	n = header + length
+	if len(b) < n {
+		return 0, 0, false, false
+	}
+	if b[0]>>4 != packets.Publish || (b[0]>>1)&3 == 0 {
+		return n, 0, false, true
+	}
+	// Topic name (two-byte length, then the name), then the identifier.
+	if length < 4 {
+		return n, 0, false, true // malformed; mochi never writes this
+	}
+	at := header + 2 + (int(b[header])<<8 | int(b[header+1]))
+	if at+2 > n {
+		return n, 0, false, true
+	}
+	return n, uint16(b[at])<<8 | uint16(b[at+1]), true, true
+}
+
+// flowHook sets up each connection's outgoing flow control and feeds it the
+// client's acknowledgements.
+type flowHook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *flowHook) ID() string { return "caddy-mqtt-flow" }
+
+func (h *flowHook) Provides(b byte) bool {
+	return b == mqtt.OnConnect || b == mqtt.OnPacketRead
+}
+
+// OnConnect sizes the window, min(the door's max_inflight_messages, the
+// client's Receive Maximum), and turns mochi's own send quota off: with a
+// zero maximum mochi writes every message at once. The Receive Maximum is
+// cleared in the client's properties too, because mochi sets its quota from
+// it again when it hands a resumed session to this connection.
+func (h *flowHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	cc, ok := cl.Net.Conn.(*clientConn)
+	if !ok {
+		return nil
+	}
+	window := int(h.b.opts.MaxInflightMessages)
+	if n := cc.info.Limits.MaxInflightMessages; n > 0 {
+		window = n
+	}
+	if rm := int(pk.Properties.ReceiveMaximum); pk.ProtocolVersion == 5 && rm > 0 {
+		window = min(window, rm)
+	}
+	cc.setFlow(cl, newOutFlow(window, cc.queueLimit(h.b)))
+	cl.Properties.Props.ReceiveMaximum = 0
+	cl.State.Inflight.ResetSendQuota(0)
+	return nil
+}
+
+// OnPacketRead passes the acknowledgements of the broker's publishes to the
+// window: PUBACK, PUBCOMP, and a PUBREC with an error reason, which ends a
+// QoS 2 flow in MQTT 5.
+func (h *flowHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubcomp:
+	case packets.Pubrec:
+		if pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+			return pk, nil
+		}
+	default:
+		return pk, nil
+	}
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		// A failed write closes the connection; mochi's next read sees it.
+		_ = cc.acked(pk.PacketID)
+	}
+	return pk, nil
+}
+
+// queueLimit is the number of QoS 1/2 messages the connection's client may
+// have waiting: the door's max_queued_messages, else the broker's.
+func (c *clientConn) queueLimit(b *Broker) int {
+	if n := c.info.Limits.MaxQueuedMessages; n > 0 {
+		return n
+	}
+	return int(b.opts.MaxQueuedMessages)
+}
+
+func (c *clientConn) setFlow(cl *mqtt.Client, f *outFlow) {
+	c.wmu.Lock()
+	c.flow, c.mochi = f, cl
+	c.wmu.Unlock()
+}
+
+// send writes p, less what the window keeps back, and drops what the queue
+// cannot take. Called with wmu held.
+func (c *clientConn) send(p []byte) (int, error) {
+	if c.flow == nil {
+		return c.write(p)
+	}
+	out, dropped := c.flow.filter(p)
+	for _, id := range dropped {
+		c.dropQueued(id)
+	}
+	if len(out) == 0 {
+		return len(p), nil
+	}
+	if _, err := c.write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// acked ends the flow of a publish and writes the queued ones that now fit.
+func (c *clientConn) acked(id uint16) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.flow == nil {
+		return nil
+	}
+	cl := c.mochi
+	out := c.flow.ack(id, func(id uint16) bool {
+		pk, ok := cl.State.Inflight.Get(id)
+		return ok && pk.FixedHeader.Type == packets.Publish
+	})
+	if len(out) == 0 {
+		return nil
+	}
+	if c.holding {
+		c.held = append(c.held, out...)
+		return nil
+	}
+	_, err := c.write(out)
+	return err
+}
+
+// dropQueued removes a QoS 1/2 message the queue had no room for from
+// mochi's in-flight store (and from storage), as mochi does for a message it
+// drops itself, and counts it in $SYS/broker/messages/dropped.
+func (c *clientConn) dropQueued(id uint16) {
+	cl := c.mochi
+	if !cl.State.Inflight.Delete(id) {
+		return
+	}
+	b := c.broker
+	atomic.AddInt64(&b.srv.Info.Inflight, -1)
+	atomic.AddInt64(&b.srv.Info.MessagesDropped, 1)
+	if b.store != nil {
+		b.store.OnQosDropped(cl, packets.Packet{PacketID: id})
+	}
+	b.logQueueFull(cl)
+}
+
+// offlineQueueFull reports whether a disconnected persistent session has as
+// many QoS 1/2 messages stored as it may queue.
+func (b *Broker) offlineQueueFull(cl *mqtt.Client, cc *clientConn) bool {
+	limit := int(b.opts.MaxQueuedMessages)
+	if cc != nil {
+		limit = cc.queueLimit(b)
+	}
+	if cl.State.Inflight.Len() < limit {
+		return false
+	}
+	atomic.AddInt64(&b.srv.Info.MessagesDropped, 1)
+	b.logQueueFull(cl)
+	return true
+}
+
+// logQueueFull logs a full queue at most once per interval per client.
+func (b *Broker) logQueueFull(cl *mqtt.Client) {
+	if b.refusals.allow("queue\x00"+cl.ID, time.Now()) {
+		b.log.Warn("mqtt client queue full, dropping QoS 1/2 messages (max_queued_messages)",
+			"client", cl.ID, "username", string(cl.Properties.Username), "door", cl.Net.Listener)
+	}
+}

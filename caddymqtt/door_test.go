@@ -1,0 +1,55 @@
+package caddymqtt
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker"
+)
+
+func TestDoorOptionsCaddyfile(t *testing.T) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`mqtt {
+		allow_anonymous false
+		max_connections 10
+		max_packet_size 16KiB
+		max_inflight_messages 1
+		max_queued_messages 50
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.DoorOptions.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := broker.DoorLimits{MaxConnections: 10, MaxPacketSize: 16 << 10, MaxInflightMessages: 1, MaxQueuedMessages: 50}
+	if got := h.ConnInfo(broker.DoorWS).Limits; got != want {
+		t.Fatalf("limits %+v, want %+v", got, want)
+	}
+
+	for _, c := range []struct{ input, wantErr string }{
+		{"mqtt {\n\tmax_inflight_messages\n}", "Testfile:2"},
+		{"mqtt {\n\tmax_queued_messages lots\n}", "Testfile:2"},
+		{"mqtt {\n\tmax_inflight_messages -1\n}", "want a whole number, got '-1', at Testfile:2"},
+		{"mqtt {\n\tmax_queued_messages 65536\n}", "max_queued_messages 65536 out of range"},
+	} {
+		h := new(Handler)
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(c.input))
+		if err == nil {
+			err = h.DoorOptions.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("%q: error %v, want it to contain %q", c.input, err, c.wantErr)
+		}
+	}
+
+	app, err := parseGlobal(t, "mqtt {\n\tmax_inflight_messages 5\n\tmax_queued_messages 100000\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Validate(); err == nil || !strings.Contains(err.Error(), "max_queued_messages 100000 out of range") {
+		t.Fatalf("global max_queued_messages 100000: %v", err)
+	}
+}
