@@ -27,7 +27,12 @@ build() {
 		--with "${MODULE}@${LOCAL_VERSION}=." \
 		--with "github.com/mholt/caddy-l4@${CADDY_L4_VERSION}" \
 		${XCADDY_WITH:-} "$@"
-	./caddy list-modules | grep -q '^layer4.handlers.mqtt$' || { echo "built caddy lacks caddy-mqtt" >&2; exit 1; }
+	# The list is read whole first: with pipefail, `list-modules | grep -q`
+	# fails at random when grep exits before caddy has written everything
+	# (SIGPIPE, status 141).
+	local modules
+	modules=$(./caddy list-modules)
+	grep -qx 'layer4.handlers.mqtt' <<<"$modules" || { echo "built caddy lacks caddy-mqtt" >&2; exit 1; }
 }
 
 # stale reports whether ./caddy is older than any Go source or go.mod here.

@@ -33,7 +33,7 @@ func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
 
 // serveDoor serves a real loopback listener as one door of b and returns
 // its address.
-func serveDoor(t *testing.T, b *Broker, info ConnInfo) string {
+func serveDoor(t testing.TB, b *Broker, info ConnInfo) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

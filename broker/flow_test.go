@@ -298,7 +298,7 @@ const quiet = 300 * time.Millisecond
 
 // newDoorBroker runs a broker with default options and one loopback door
 // with the given limits.
-func newDoorBroker(t *testing.T, limits DoorLimits) (*Broker, string) {
+func newDoorBroker(t testing.TB, limits DoorLimits) (*Broker, string) {
 	t.Helper()
 	b, err := New(Options{}, AnonymousPolicy{Allow: true})
 	if err != nil {
@@ -431,27 +431,35 @@ func TestOfflineSessionQueueLimit(t *testing.T) {
 	}
 }
 
-// TestFlowWithPahoV5: paho.golang, which acknowledges as it goes, gets
-// every one of 2,000 QoS 1 messages through a window of 2 in order.
-func TestFlowWithPahoV5(t *testing.T) {
-	b, addr := newDoorBroker(t, DoorLimits{MaxInflightMessages: 2, MaxQueuedMessages: 2000})
-	got := make(chan string, 2000)
+// pahoSubscriber connects a paho.golang MQTT 5 client, which acknowledges
+// as it goes, subscribes it to topic at QoS 1 and calls got for each
+// message.
+func pahoSubscriber(tb testing.TB, addr, id, topic string, got func(payload []byte)) {
+	tb.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-		func(pr paho.PublishReceived) (bool, error) { got <- string(pr.Packet.Payload); return true, nil },
+		func(pr paho.PublishReceived) (bool, error) { got(pr.Packet.Payload); return true, nil },
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "paho-flow", CleanStart: true, KeepAlive: 30}); err != nil {
-		t.Fatal(err)
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30}); err != nil {
+		tb.Fatal(err)
 	}
-	defer c.Disconnect(&paho.Disconnect{})
-	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "paho/t", QoS: 1}}}); err != nil {
-		t.Fatal(err)
+	tb.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}}); err != nil {
+		tb.Fatal(err)
 	}
+}
+
+// TestFlowWithPahoV5: paho.golang gets every one of 2,000 QoS 1 messages
+// through a window of 2 in order.
+func TestFlowWithPahoV5(t *testing.T) {
+	b, addr := newDoorBroker(t, DoorLimits{MaxInflightMessages: 2, MaxQueuedMessages: 2000})
+	got := make(chan string, 2000)
+	pahoSubscriber(t, addr, "paho-flow", "paho/t", func(p []byte) { got <- string(p) })
 	publishN(t, b, "paho/t", 1, 0, 1999)
 	for i := 0; i < 2000; i++ {
 		select {
@@ -462,6 +470,44 @@ func TestFlowWithPahoV5(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("got %d of 2000", i)
 		}
+	}
+}
+
+// BenchmarkQoS1Window: QoS 1 messages from the in-process client to one
+// paho.golang subscriber on loopback TCP, by window size
+// (max_inflight_messages). The publisher stays at most 20,000 messages
+// ahead, within max_queued_messages, so nothing is dropped.
+//
+//	go test -run '^$' -bench QoS1Window -benchtime 20000x ./broker/
+func BenchmarkQoS1Window(b *testing.B) {
+	for _, window := range []int{1, 20, 1000} {
+		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) {
+			br, addr := newDoorBroker(b, DoorLimits{MaxInflightMessages: window, MaxQueuedMessages: 30000})
+			var received atomic.Int64
+			done := make(chan struct{})
+			n := int64(b.N)
+			pahoSubscriber(b, addr, "bench", "bench/t", func([]byte) {
+				if received.Add(1) == n {
+					close(done)
+				}
+			})
+			payload := bytes.Repeat([]byte("x"), 64)
+			b.ResetTimer()
+			for i := int64(0); i < n; i++ {
+				for i-received.Load() >= 20000 {
+					time.Sleep(time.Millisecond)
+				}
+				if err := br.Server().Publish("bench/t", payload, false, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				b.Fatalf("received %d of %d", received.Load(), n)
+			}
+			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msg/s")
+		})
 	}
 }
 
