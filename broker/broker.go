@@ -75,7 +75,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	opts = opts.WithDefaults()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.MaxPacketSize
-	caps.MaximumClientWritesPending = opts.MaxQueuedMessages
+	// Each client's write buffer: mochi drops whatever does not fit, QoS
+	// 1/2 messages included, so it must take a burst for a client whose
+	// queue (flow.go) still has room. Never less than the default, so that a
+	// small max_queued_messages does not turn a burst into drops.
+	caps.MaximumClientWritesPending = max(DefaultMaxQueuedMessages, opts.MaxQueuedMessages+int32(opts.MaxInflightMessages))
 	// mochi's per-client store of QoS 1/2 messages holds those in flight
 	// and those queued; flow.go and the ACL hook keep it within
 	// max_inflight_messages + max_queued_messages, and MQTT packet

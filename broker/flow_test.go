@@ -13,6 +13,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -518,5 +519,50 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 3 s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// slowWriter makes the broker's writer for one client slow before it takes
+// the client's lock, like a writer goroutine that a loaded machine does not
+// schedule for a while.
+type slowWriter struct {
+	mqtt.HookBase
+	client string
+	delay  time.Duration
+}
+
+func (h *slowWriter) ID() string           { return "test-slow-writer" }
+func (h *slowWriter) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (h *slowWriter) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.ID == h.client && pk.FixedHeader.Type == packets.Publish {
+		time.Sleep(h.delay)
+	}
+	return pk
+}
+
+// TestSmallQueueBurstSlowWriter: with max_queued_messages 4 and
+// max_inflight_messages 3, a burst of 10 QoS 1 messages to a client whose
+// writer lags ends with exactly 3 + 4 of them delivered, the first ones: the
+// write buffer in front of the flow control must not drop what the queue
+// has room for (it once held only max_queued_messages packets).
+func TestSmallQueueBurstSlowWriter(t *testing.T) {
+	b, err := New(Options{MaxQueuedMessages: 4, MaxInflightMessages: 3}, AnonymousPolicy{Allow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	if err := b.Server().AddHook(&slowWriter{client: "slow-writer", delay: 20 * time.Millisecond}, nil); err != nil {
+		t.Fatal(err)
+	}
+	addr := serveDoor(t, b, ConnInfo{Door: DoorWSS})
+	sub := dialRaw(t, addr, 4, "slow-writer", true, packets.Properties{})
+	sub.subscribe("slow/t", 1)
+	publishN(t, b, "slow/t", 1, 0, 9)
+	got := sub.publishes(quiet)
+	if payloads(got) != "[0 1 2]" {
+		t.Fatalf("unacknowledged: %s, want [0 1 2]", payloads(got))
+	}
+	if all := sub.drain(got, 3); payloads(all) != "[0 1 2 3 4 5 6]" {
+		t.Fatalf("got %s, want [0 1 2 3 4 5 6]", payloads(all))
 	}
 }

@@ -18,10 +18,12 @@ type Options struct {
 	// client beyond those in flight (mosquitto's max_queued_messages), for a
 	// connected client waiting for its window and for a disconnected
 	// persistent session; a message that finds the queue full is dropped
-	// and counted. It also sizes each client's write buffer: QoS 0 messages
-	// are never queued, and are dropped when that many packets wait to be
-	// written to a client that does not read. Default 1000. A door may set
-	// its own (DoorLimits); the write buffer keeps this size.
+	// and counted. Default 1000. A door may set its own (DoorLimits).
+	//
+	// QoS 0 messages are never queued: they are written at once, and a
+	// client that does not read loses them once its write buffer is full.
+	// The buffer holds MaxQueuedMessages + MaxInflightMessages packets, at
+	// least 1000, whatever the door's values.
 	MaxQueuedMessages int32
 
 	// MaxInflightMessages is the number of QoS 1/2 messages written to one

@@ -48,10 +48,11 @@ type App struct {
 	// (mosquitto's max_queued_messages): while a connected client's window
 	// is full, and for a disconnected persistent session. A message that
 	// finds the queue full is dropped and counted in
-	// $SYS/broker/messages/dropped. It also sizes each client's write
-	// buffer: QoS 0 messages are not queued, they are dropped once that many
-	// packets wait to be written to a client that does not read. Default
-	// 1000. A door's own max_queued_messages wins for its clients. Fixed.
+	// $SYS/broker/messages/dropped. Default 1000. A door's own
+	// max_queued_messages wins for its clients. QoS 0 messages are not
+	// queued: a client that does not read loses them once its write buffer
+	// (max_queued_messages + max_inflight_messages packets, at least 1000)
+	// is full. Fixed.
 	MaxQueuedMessages int `json:"max_queued_messages,omitempty"`
 
 	// QoS 1 and 2 messages written to one client and not yet acknowledged,
