@@ -56,6 +56,8 @@ type Broker struct {
 	authSlots chan struct{} // see authslots.go
 	refusals  logLimiter    // see logRefusal
 
+	clientSetup sync.Mutex // see sizeWriteBuffer
+
 	mu        sync.Mutex
 	closing   bool
 	conns     map[*clientConn]struct{}
@@ -75,11 +77,8 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	opts = opts.WithDefaults()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.MaxPacketSize
-	// Each client's write buffer: mochi drops whatever does not fit, QoS
-	// 1/2 messages included, so it must take a burst for a client whose
-	// queue (flow.go) still has room. Never less than the default, so that a
-	// small max_queued_messages does not turn a burst into drops.
-	caps.MaximumClientWritesPending = max(DefaultMaxQueuedMessages, opts.MaxQueuedMessages+int32(opts.MaxInflightMessages))
+	// Sized for each connection in Serve; this is the in-process client's.
+	caps.MaximumClientWritesPending = int32(writeBufferSize(int(opts.MaxInflightMessages), int(opts.MaxQueuedMessages)))
 	// mochi's per-client store of QoS 1/2 messages holds those in flight
 	// and those queued; flow.go and the ACL hook keep it within
 	// max_inflight_messages + max_queued_messages, and MQTT packet
@@ -204,7 +203,10 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
 	// one with the keepalive deadline.
 	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
+	b.sizeWriteBuffer(cc)
 	err := b.srv.EstablishConnection(string(info.Door), cc)
+	cc.setupDone()
+	cc.drain() // the door closes conn once Serve returns
 	return normalizeErr(err)
 }
 
@@ -371,16 +373,25 @@ type clientConn struct {
 	unlockID     func() // see takeover.go
 	subscribing  subscribing
 
-	// Ordering and durability state (storage.go).
+	// The write path (writer.go). wmu guards everything up to writeCap.
 	wmu     sync.Mutex
-	holding bool
-	held    []byte
-	resend  resendOrder
-	// Outgoing flow control (flow.go), set up at CONNECT; guarded by wmu.
+	holding bool   // storage.go: acknowledgements wait until stored
+	held    []byte // written while holding
+	out     []byte // waiting for the writer goroutine
+	outN    int    // packets in out
+	busyN   int    // packets the writer is writing now
+	writing bool   // a writer goroutine runs
+	werr    error  // the write that failed; the connection is closed
+	flushed sync.Cond
+	// Outgoing flow control (flow.go), set up at CONNECT.
 	flow  *outFlow
 	mochi *mqtt.Client
 	// writeCap bounds every write deadline once shutdown starts (unix ns).
 	writeCap atomic.Int64
+	// setupDone ends sizeWriteBuffer's hold; Serve's goroutine only.
+	setupDone func()
+
+	resend resendOrder // storage.go
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

@@ -17,7 +17,8 @@ import (
 // their acknowledgement (PUBACK; PUBCOMP or an error PUBREC for QoS 2). Later
 // ones wait, in order, in the connection's queue, at most queueMax of them;
 // a QoS 1/2 message that finds the queue full is dropped, like mosquitto does.
-// QoS 0 messages and acknowledgements are never held.
+// QoS 0 messages and acknowledgements are never held; a QoS 0 message is
+// dropped when as many packets already wait to be written (writer.go).
 //
 // mochi has a send quota of its own for the Receive Maximum, but it cannot be
 // set per door, and it loses track of what it held back: a held message it
@@ -31,6 +32,7 @@ import (
 type outFlow struct {
 	window   int // QoS 1/2 publishes written and not yet acknowledged, at most
 	queueMax int // QoS 1/2 publishes waiting for the window, at most
+	writeMax int // packets waiting to be written before QoS 0 ones are dropped
 
 	inflight map[uint16]struct{} // written, not yet acknowledged
 	queue    []queuedPublish     // waiting, oldest first, from head on
@@ -46,50 +48,66 @@ type queuedPublish struct {
 }
 
 func newOutFlow(window, queueMax int) *outFlow {
-	return &outFlow{window: window, queueMax: queueMax}
+	return &outFlow{window: window, queueMax: queueMax, writeMax: queueMax}
 }
 
 // queueLen is the number of publishes waiting.
 func (f *outFlow) queueLen() int { return len(f.queue) - f.head }
 
-// filter takes bytes mochi writes to the client and returns those to write
-// now; QoS 1/2 publishes that do not fit the window are kept back, and the
-// identifiers of those that do not fit the queue either are returned in
-// dropped. The result aliases p when nothing is kept back.
-func (f *outFlow) filter(p []byte) (out []byte, dropped []uint16) {
+// filter takes bytes mochi writes to the client and returns those to pass
+// on now and how many packets they hold. QoS 1/2 publishes that do not fit
+// the window are kept back, and the identifiers of those that do not fit
+// the queue either are returned in dropped. A QoS 0 publish is dropped when
+// waiting packets, those already waiting to be written included, reach
+// writeMax (max_queued_messages: mosquitto's rule for QoS 0: sent at once unless the client's
+// outgoing packets fill max_queued_messages); dropped0 counts those. The
+// result aliases p when nothing is kept back or dropped.
+func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []uint16, dropped0 int) {
 	if len(f.partial) > 0 {
 		p = append(f.partial, p...)
 		f.partial = nil
 	}
 	pos, run := 0, 0 // run: start of the bytes not yet copied to out
-	held := false
+	copying := false
 	for pos < len(p) {
-		n, id, qos, ok := nextPacket(p[pos:])
+		size, id, qos, ok := nextPacket(p[pos:])
 		if !ok {
 			break
 		}
-		if qos && !f.admit(id) {
-			if !held {
+		pass := true
+		switch {
+		case qos:
+			if !f.admit(id) {
+				pass = false
+				if f.queueLen() < f.queueMax {
+					f.enqueue(id, bytes.Clone(p[pos:pos+size]))
+				} else {
+					dropped = append(dropped, id)
+				}
+			}
+		case p[pos]>>4 == packets.Publish && waiting+n >= f.writeMax:
+			pass = false
+			dropped0++
+		}
+		if pass {
+			n++
+		} else {
+			if !copying {
 				out = make([]byte, 0, len(p))
-				held = true
+				copying = true
 			}
 			out = append(out, p[run:pos]...)
-			if f.queueLen() < f.queueMax {
-				f.enqueue(id, bytes.Clone(p[pos:pos+n]))
-			} else {
-				dropped = append(dropped, id)
-			}
-			run = pos + n
+			run = pos + size
 		}
-		pos += n
+		pos += size
 	}
 	if pos < len(p) {
 		f.partial = bytes.Clone(p[pos:])
 	}
-	if !held {
-		return p[:pos], dropped
+	if !copying {
+		return p[:pos], n, dropped, dropped0
 	}
-	return append(out, p[run:pos]...), dropped
+	return append(out, p[run:pos]...), n, dropped, dropped0
 }
 
 // admit reports whether the QoS 1/2 publish id may be written now, and
@@ -132,14 +150,15 @@ func (f *outFlow) unqueue(id uint16) {
 }
 
 // ack ends the flow of publish id and returns the queued publishes that now
-// fit the window. stored reports whether mochi still holds a message (it
-// drops expired ones); those that are gone are skipped.
-func (f *outFlow) ack(id uint16, stored func(uint16) bool) []byte {
+// fit the window, and how many. stored reports whether mochi still holds a
+// message (it drops expired ones); those that are gone are skipped.
+func (f *outFlow) ack(id uint16, stored func(uint16) bool) ([]byte, int) {
 	if _, ok := f.inflight[id]; !ok {
-		return nil
+		return nil, 0
 	}
 	delete(f.inflight, id)
 	var out []byte
+	n := 0
 	for len(f.inflight) < f.window && f.queueLen() > 0 {
 		q := f.queue[f.head]
 		f.queue[f.head] = queuedPublish{}
@@ -150,6 +169,7 @@ func (f *outFlow) ack(id uint16, stored func(uint16) bool) []byte {
 		}
 		f.inflight[q.id] = struct{}{}
 		out = append(out, q.b...)
+		n++
 	}
 	if f.head == len(f.queue) {
 		f.queue, f.head = f.queue[:0], 0
@@ -157,7 +177,7 @@ func (f *outFlow) ack(id uint16, stored func(uint16) bool) []byte {
 		f.queue = append(f.queue[:0], f.queue[f.head:]...)
 		f.head = 0
 	}
-	return out
+	return out, n
 }
 
 // nextPacket reads the packet at the start of b: its length, and whether it
@@ -266,26 +286,25 @@ func (c *clientConn) setFlow(cl *mqtt.Client, f *outFlow) {
 	c.wmu.Unlock()
 }
 
-// send writes p, less what the window keeps back, and drops what the queue
-// cannot take. Called with wmu held.
-func (c *clientConn) send(p []byte) (int, error) {
+// send passes p, less what flow control keeps back or drops, to the
+// writer. Called with wmu held.
+func (c *clientConn) send(p []byte) error {
 	if c.flow == nil {
-		return c.write(p)
+		return c.enqueue(p, 1)
 	}
-	out, dropped := c.flow.filter(p)
+	out, n, dropped, dropped0 := c.flow.filter(p, c.waiting())
 	for _, id := range dropped {
 		c.dropQueued(id)
 	}
-	if len(out) == 0 {
-		return len(p), nil
+	if dropped0 > 0 {
+		atomic.AddInt64(&c.broker.srv.Info.MessagesDropped, int64(dropped0))
+		c.broker.logDrop(c.mochi, "mqtt client does not read, dropping QoS 0 messages (max_queued_messages)")
 	}
-	if _, err := c.write(out); err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return c.enqueue(out, n)
 }
 
-// acked ends the flow of a publish and writes the queued ones that now fit.
+// acked ends the flow of a publish and passes on the queued ones that now
+// fit.
 func (c *clientConn) acked(id uint16) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -293,19 +312,15 @@ func (c *clientConn) acked(id uint16) error {
 		return nil
 	}
 	cl := c.mochi
-	out := c.flow.ack(id, func(id uint16) bool {
+	out, n := c.flow.ack(id, func(id uint16) bool {
 		pk, ok := cl.State.Inflight.Get(id)
 		return ok && pk.FixedHeader.Type == packets.Publish
 	})
-	if len(out) == 0 {
-		return nil
-	}
 	if c.holding {
 		c.held = append(c.held, out...)
 		return nil
 	}
-	_, err := c.write(out)
-	return err
+	return c.enqueue(out, n)
 }
 
 // dropQueued removes a QoS 1/2 message the queue had no room for from
@@ -322,7 +337,7 @@ func (c *clientConn) dropQueued(id uint16) {
 	if b.store != nil {
 		b.store.OnQosDropped(cl, packets.Packet{PacketID: id})
 	}
-	b.logQueueFull(cl)
+	b.logDrop(cl, queueFullMsg)
 }
 
 // offlineQueueFull reports whether a disconnected persistent session has as
@@ -336,14 +351,16 @@ func (b *Broker) offlineQueueFull(cl *mqtt.Client, cc *clientConn) bool {
 		return false
 	}
 	atomic.AddInt64(&b.srv.Info.MessagesDropped, 1)
-	b.logQueueFull(cl)
+	b.logDrop(cl, queueFullMsg)
 	return true
 }
 
-// logQueueFull logs a full queue at most once per interval per client.
-func (b *Broker) logQueueFull(cl *mqtt.Client) {
-	if b.refusals.allow("queue\x00"+cl.ID, time.Now()) {
-		b.log.Warn("mqtt client queue full, dropping QoS 1/2 messages (max_queued_messages)",
-			"client", cl.ID, "username", string(cl.Properties.Username), "door", cl.Net.Listener)
+const queueFullMsg = "mqtt client queue full, dropping QoS 1/2 messages (max_queued_messages)"
+
+// logDrop logs dropped messages at most once per interval per client and
+// reason.
+func (b *Broker) logDrop(cl *mqtt.Client, msg string) {
+	if b.refusals.allow(msg+"\x00"+cl.ID, time.Now()) {
+		b.log.Warn(msg, "client", cl.ID, "username", string(cl.Properties.Username), "door", cl.Net.Listener)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -425,78 +424,4 @@ func rotateAfterLargestGap(g []packets.Packet) {
 	}
 	rot := append(append([]packets.Packet(nil), g[best:]...), g[:best]...)
 	copy(g, rot)
-}
-
-// SetDeadline sets the read deadline only. mochi calls it with the
-// keepalive deadline after every packet it reads, and with none for
-// keepalive 0; writes have a deadline of their own (see write).
-func (c *clientConn) SetDeadline(t time.Time) error {
-	return c.Conn.SetReadDeadline(t)
-}
-
-// SetWriteDeadline sets the write deadline, bounded by capWrites.
-func (c *clientConn) SetWriteDeadline(t time.Time) error {
-	if limit := c.writeCap.Load(); limit != 0 && (t.IsZero() || t.UnixNano() > limit) {
-		t = time.Unix(0, limit)
-	}
-	return c.Conn.SetWriteDeadline(t)
-}
-
-// capWrites makes every write to the client, including one blocked now,
-// give up at t (used by Shutdown).
-func (c *clientConn) capWrites(t time.Time) {
-	c.writeCap.Store(t.UnixNano())
-	_ = c.SetWriteDeadline(t)
-}
-
-// hold makes writes to the client buffer until release.
-func (c *clientConn) hold() {
-	c.wmu.Lock()
-	c.holding = true
-	c.wmu.Unlock()
-}
-
-// release writes what was held and stops holding.
-func (c *clientConn) release() error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.holding = false
-	if len(c.held) == 0 {
-		return nil
-	}
-	_, err := c.send(c.held)
-	if cap(c.held) > 64<<10 {
-		c.held = nil
-	} else {
-		c.held = c.held[:0]
-	}
-	return err
-}
-
-// Write sends p, or buffers it while the connection is held.
-func (c *clientConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.holding {
-		c.held = append(c.held, p...)
-		return len(p), nil
-	}
-	return c.send(p)
-}
-
-// write sends p within the write timeout and closes the connection when a
-// write times out. A client that takes nothing for that long is gone or
-// stalled; without a bound, a stalled client with keepalive 0 would keep its
-// session forever, and a new connection taking its client id over would
-// wait forever for the DISCONNECT written to it.
-func (c *clientConn) write(p []byte) (int, error) {
-	if c.writeTimeout > 0 {
-		_ = c.SetWriteDeadline(time.Now().Add(c.writeTimeout))
-	}
-	n, err := c.Conn.Write(p)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		_ = c.Conn.Close()
-	}
-	return n, err
 }
