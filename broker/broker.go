@@ -206,7 +206,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	b.sizeWriteBuffer(cc)
 	err := b.srv.EstablishConnection(string(info.Door), cc)
 	cc.setupDone()
-	cc.drain() // the door closes conn once Serve returns
+	cc.drain(false) // the door closes conn once Serve returns
 	return normalizeErr(err)
 }
 
@@ -382,6 +382,7 @@ type clientConn struct {
 	busyN   int    // packets the writer is writing now
 	writing bool   // a writer goroutine runs
 	werr    error  // the write that failed; the connection is closed
+	closing bool   // Close has begun: nothing more is taken
 	flushed sync.Cond
 	// Outgoing flow control (flow.go), set up at CONNECT.
 	flow  *outFlow

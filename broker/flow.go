@@ -140,6 +140,9 @@ func (f *outFlow) enqueue(id uint16, b []byte) {
 }
 
 func (f *outFlow) unqueue(id uint16) {
+	if _, ok := f.queued[id]; !ok {
+		return
+	}
 	delete(f.queued, id)
 	for i := f.head; i < len(f.queue); i++ {
 		if f.queue[i].id == id {
@@ -150,9 +153,8 @@ func (f *outFlow) unqueue(id uint16) {
 }
 
 // ack ends the flow of publish id and returns the queued publishes that now
-// fit the window, and how many. stored reports whether mochi still holds a
-// message (it drops expired ones); those that are gone are skipped.
-func (f *outFlow) ack(id uint16, stored func(uint16) bool) ([]byte, int) {
+// fit the window, and how many.
+func (f *outFlow) ack(id uint16) ([]byte, int) {
 	if _, ok := f.inflight[id]; !ok {
 		return nil, 0
 	}
@@ -164,9 +166,6 @@ func (f *outFlow) ack(id uint16, stored func(uint16) bool) ([]byte, int) {
 		f.queue[f.head] = queuedPublish{}
 		f.head++
 		delete(f.queued, q.id)
-		if !stored(q.id) {
-			continue
-		}
 		f.inflight[q.id] = struct{}{}
 		out = append(out, q.b...)
 		n++
@@ -225,7 +224,7 @@ type flowHook struct {
 func (h *flowHook) ID() string { return "caddy-mqtt-flow" }
 
 func (h *flowHook) Provides(b byte) bool {
-	return b == mqtt.OnConnect || b == mqtt.OnPacketRead
+	return b == mqtt.OnConnect || b == mqtt.OnPacketRead || b == mqtt.OnQosDropped
 }
 
 // OnConnect sizes the window, min(the door's max_inflight_messages, the
@@ -248,6 +247,11 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	cc.setFlow(cl, newOutFlow(window, cc.queueLimit(h.b)))
 	cl.Properties.Props.ReceiveMaximum = 0
 	cl.State.Inflight.ResetSendQuota(0)
+	// No outgoing topic aliases: mochi names a topic once and then sends
+	// only its alias, which holds only while packets go out in the order
+	// mochi made them. QoS 0 messages overtake queued ones and full queues
+	// drop messages, so a client could get an alias it was never told.
+	cl.Properties.Props.TopicAliasMaximum = 0
 	return nil
 }
 
@@ -258,7 +262,8 @@ func (h *flowHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubcomp:
 	case packets.Pubrec:
-		if pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+		// As mochi's processPubrec: an error or unknown reason ends the flow.
+		if pk.ReasonCode < packets.ErrUnspecifiedError.Code && pk.ReasonCodeValid() {
 			return pk, nil
 		}
 	default:
@@ -269,6 +274,22 @@ func (h *flowHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		_ = cc.acked(pk.PacketID)
 	}
 	return pk, nil
+}
+
+// OnQosDropped forgets a queued message mochi dropped from its store
+// because it expired (it names such a message with its PUBLISH packet; the
+// other calls are about acknowledgements).
+func (h *flowHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.wmu.Lock()
+		if cc.flow != nil {
+			cc.flow.unqueue(pk.PacketID)
+		}
+		cc.wmu.Unlock()
+	}
 }
 
 // queueLimit is the number of QoS 1/2 messages the connection's client may
@@ -311,11 +332,7 @@ func (c *clientConn) acked(id uint16) error {
 	if c.flow == nil {
 		return nil
 	}
-	cl := c.mochi
-	out, n := c.flow.ack(id, func(id uint16) bool {
-		pk, ok := cl.State.Inflight.Get(id)
-		return ok && pk.FixedHeader.Type == packets.Publish
-	})
+	out, n := c.flow.ack(id)
 	if c.holding {
 		c.held = append(c.held, out...)
 		return nil
@@ -325,7 +342,10 @@ func (c *clientConn) acked(id uint16) error {
 
 // dropQueued removes a QoS 1/2 message the queue had no room for from
 // mochi's in-flight store (and from storage), as mochi does for a message it
-// drops itself, and counts it in $SYS/broker/messages/dropped.
+// drops itself, and counts it in $SYS/broker/messages/dropped. Called with
+// wmu held, under mochi's client lock: the storage delete, a synchronous
+// write, runs on a goroutine of its own so that it does not hold up
+// publishers to this client.
 func (c *clientConn) dropQueued(id uint16) {
 	cl := c.mochi
 	if !cl.State.Inflight.Delete(id) {
@@ -334,8 +354,8 @@ func (c *clientConn) dropQueued(id uint16) {
 	b := c.broker
 	atomic.AddInt64(&b.srv.Info.Inflight, -1)
 	atomic.AddInt64(&b.srv.Info.MessagesDropped, 1)
-	if b.store != nil {
-		b.store.OnQosDropped(cl, packets.Packet{PacketID: id})
+	if b.store != nil && b.store.keep(cl) {
+		go b.store.OnQosDropped(cl, packets.Packet{PacketID: id})
 	}
 	b.logDrop(cl, queueFullMsg)
 }

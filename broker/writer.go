@@ -43,6 +43,9 @@ func (c *clientConn) enqueue(b []byte, n int) error {
 	if c.werr != nil {
 		return c.werr
 	}
+	if c.closing {
+		return net.ErrClosed
+	}
 	if len(b) == 0 {
 		return nil
 	}
@@ -91,22 +94,33 @@ func (c *clientConn) writeLoop() {
 }
 
 // drain waits until what was written so far is out, or writing failed. The
-// write deadline bounds the wait.
-func (c *clientConn) drain() {
+// write deadline bounds each write, and with close set nothing more is
+// taken meanwhile (mochi's writer and acknowledgements may go on until
+// mochi has finished stopping the client), so the wait ends.
+func (c *clientConn) drain(close bool) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if close {
+		c.closing = true
+	}
 	if c.flushed.L == nil {
 		c.flushed.L = &c.wmu
 	}
 	for c.writing {
 		c.flushed.Wait()
 	}
+	if close {
+		// mochi keeps a disconnected persistent session's connection
+		// until the session expires: keep nothing large with it. (mochi's
+		// in-flight store keeps the queued messages themselves.)
+		c.flow, c.held, c.out = nil, nil, nil
+	}
 }
 
 // Close writes out what is buffered (mochi writes a DISCONNECT or a refusing
 // CONNACK just before it closes) and closes the connection.
 func (c *clientConn) Close() error {
-	c.drain()
+	c.drain(true)
 	return c.Conn.Close()
 }
 
