@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -66,7 +67,17 @@ func (c *clientConn) waiting() int { return c.outN + c.busyN }
 func (c *clientConn) writeLoop() {
 	var spare []byte
 	c.wmu.Lock()
-	for len(c.out) > 0 && c.werr == nil {
+	for {
+		if len(c.out) == 0 && c.werr == nil {
+			// More often than not the next packet is on its way: give
+			// its writer a moment rather than end and start again.
+			c.wmu.Unlock()
+			runtime.Gosched()
+			c.wmu.Lock()
+		}
+		if len(c.out) == 0 || c.werr != nil {
+			break
+		}
 		buf := c.out
 		c.busyN, c.outN = c.outN, 0
 		c.out = spare[:0]
