@@ -37,10 +37,45 @@ type AuthPolicy struct {
 	// Identity is the broker-wide use_identity_as_username /
 	// use_subject_as_username; a door's ConnInfo.Identity wins.
 	Identity IdentitySource
+	// Doors are the doors' own password files and ACLs (mosquitto's
+	// per_listener_settings), by Client.AuthKey. A door's Passwords or ACL,
+	// when set, replace the broker-wide one for its clients. A client whose
+	// key is not here (its door's files were changed or the door removed
+	// by a reload) is refused everything until it reconnects.
+	Doors map[string]DoorAuth
+}
+
+// DoorAuth is one door's password file and ACL; either may be nil.
+type DoorAuth struct {
+	Passwords *auth.Passwords
+	ACL       *auth.ACL
+}
+
+// rules returns the password file and ACL that apply to c.
+func (p *AuthPolicy) rules(c *Client) (*auth.Passwords, *auth.ACL, bool) {
+	if c.AuthKey == "" {
+		return p.Passwords, p.ACL, true
+	}
+	d, ok := p.Doors[c.AuthKey]
+	if !ok {
+		return nil, nil, false
+	}
+	pw, acl := p.Passwords, p.ACL
+	if d.Passwords != nil {
+		pw = d.Passwords
+	}
+	if d.ACL != nil {
+		acl = d.ACL
+	}
+	return pw, acl, true
 }
 
 // Authenticate implements Policy.
 func (p *AuthPolicy) Authenticate(c *Client, password []byte) error {
+	passwords, _, ok := p.rules(c)
+	if !ok {
+		return fmt.Errorf("%w: the door's password_file or acl_file is no longer configured", ErrNotAuthorized)
+	}
 	if c.CertIdentity {
 		return nil
 	}
@@ -54,11 +89,11 @@ func (p *AuthPolicy) Authenticate(c *Client, password []byte) error {
 			return fmt.Errorf("%w: anonymous access is off (allow_anonymous)", ErrNotAuthorized)
 		}
 		return nil
-	case p.Passwords != nil:
+	case passwords != nil:
 		if password == nil {
 			return fmt.Errorf("%w: no password sent", ErrNotAuthorized)
 		}
-		if !p.Passwords.Check(c.Username, string(password)) {
+		if !passwords.Check(c.Username, string(password)) {
 			return fmt.Errorf("%w: unknown user or wrong password", ErrNotAuthorized)
 		}
 		return nil
@@ -70,13 +105,17 @@ func (p *AuthPolicy) Authenticate(c *Client, password []byte) error {
 
 // Authorize implements Policy.
 func (p *AuthPolicy) Authorize(c *Client, topic string, access Access) bool {
+	_, acl, ok := p.rules(c)
+	if !ok {
+		return false
+	}
 	switch access {
 	case AccessPublish:
-		return p.ACL.CanPublish(c.Username, c.ID, topic)
+		return acl.CanPublish(c.Username, c.ID, topic)
 	case AccessSubscribe:
-		return p.ACL.CanSubscribe(c.Username, c.ID, topic)
+		return acl.CanSubscribe(c.Username, c.ID, topic)
 	case AccessRead:
-		return p.ACL.CanRead(c.Username, c.ID, topic)
+		return acl.CanRead(c.Username, c.ID, topic)
 	}
 	return false
 }

@@ -113,3 +113,47 @@ pattern write devices/%u/out
 		}
 	}
 }
+
+// TestAuthPolicyDoors: a door's own password file and ACL replace the
+// broker-wide ones for its clients only; a client whose door key is no
+// longer in the policy is refused everything.
+func TestAuthPolicyDoors(t *testing.T) {
+	hash, err := auth.HashPasswordPBKDF2("pw", 101, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	global, _ := auth.ParsePasswordFile(strings.NewReader("bob:"+hash+"\n"), "global")
+	door, _ := auth.ParsePasswordFile(strings.NewReader("alice:"+hash+"\n"), "door")
+	doorACL, err := auth.ParseACLFile(strings.NewReader("user alice\ntopic write alice/#\n"), "door acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &AuthPolicy{Passwords: global, Doors: map[string]DoorAuth{
+		"d":       {Passwords: door, ACL: doorACL},
+		"aclonly": {ACL: doorACL},
+	}}
+	for _, c := range []struct {
+		user, key string
+		ok        bool
+	}{
+		{"alice", "d", true}, {"bob", "d", false},
+		{"bob", "", true}, {"alice", "", false},
+		{"bob", "aclonly", true}, // the global users with the door's ACL
+		{"bob", "gone", false},
+	} {
+		err := p.Authenticate(&Client{Username: c.user, AuthKey: c.key}, []byte("pw"))
+		if (err == nil) != c.ok {
+			t.Errorf("%s with key %q: %v, want ok=%v", c.user, c.key, err, c.ok)
+		}
+	}
+	alice := &Client{Username: "alice", AuthKey: "d"}
+	if !p.Authorize(alice, "alice/x", AccessPublish) || p.Authorize(alice, "other/x", AccessPublish) {
+		t.Error("the door's ACL does not decide for its client")
+	}
+	if !p.Authorize(&Client{Username: "bob"}, "other/x", AccessPublish) {
+		t.Error("the door's ACL applies outside the door")
+	}
+	if p.Authorize(&Client{Username: "alice", AuthKey: "gone"}, "alice/x", AccessPublish) {
+		t.Error("a client whose door's files are gone may still publish")
+	}
+}

@@ -40,6 +40,9 @@ type ConnInfo struct {
 	// Identity overrides the policy's use_identity_as_username /
 	// use_subject_as_username for this door (IdentityDefault: the policy's).
 	Identity IdentitySource
+	// AuthKey names the door's own password file and ACL in the policy
+	// (AuthPolicy.Doors); empty for the broker-wide ones.
+	AuthKey string
 }
 
 // Broker is one MQTT broker shared by all doors.

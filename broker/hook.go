@@ -59,6 +59,7 @@ func (h *dispatchHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		RemoteAddr:     cl.Net.Remote,
 		TLS:            cc.info.TLS,
 		AllowAnonymous: cc.info.AllowAnonymous,
+		AuthKey:        cc.info.AuthKey,
 	}
 	if err := h.certIdentity(cl, cc, c); err != nil {
 		h.b.log.Info("mqtt connection refused",

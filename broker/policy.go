@@ -58,6 +58,9 @@ type Client struct {
 	// AllowAnonymous is the door's own allow_anonymous setting, nil when
 	// the door leaves it to the policy.
 	AllowAnonymous *bool
+	// AuthKey names the door's own password file and ACL in the policy
+	// (AuthPolicy.Doors); empty when the door has none.
+	AuthKey string
 	// CertIdentity is true when Username was taken from the client's
 	// verified TLS certificate (use_identity_as_username or
 	// use_subject_as_username); the certificate is its credential.

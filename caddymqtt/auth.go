@@ -222,3 +222,32 @@ func (c *AuthConfig) unmarshalAuthOption(d *caddyfile.Dispenser) (bool, error) {
 	}
 	return true, err
 }
+
+// addDoorAuth reads a door's own password file and ACL file into this
+// config's policy under key. The policy is not in use yet: Start swaps it in.
+func (a *App) addDoorAuth(key, passwordFile, aclFile string) error {
+	p, ok := a.policy.(*broker.AuthPolicy)
+	if !ok {
+		return errors.New("mqtt: the app has no policy to add a door's password_file or acl_file to")
+	}
+	if _, done := p.Doors[key]; done {
+		return nil
+	}
+	var d broker.DoorAuth
+	var err error
+	if passwordFile != "" {
+		if d.Passwords, err = readFile(passwordFile, auth.ParsePasswordFile); err != nil {
+			return fmt.Errorf("password_file: %w", err)
+		}
+	}
+	if aclFile != "" {
+		if d.ACL, err = readFile(aclFile, auth.ParseACLFile); err != nil {
+			return fmt.Errorf("acl_file: %w", err)
+		}
+	}
+	if p.Doors == nil {
+		p.Doors = make(map[string]broker.DoorAuth)
+	}
+	p.Doors[key] = d
+	return nil
+}

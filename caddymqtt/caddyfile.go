@@ -131,6 +131,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_packet_size <size>
 //		max_inflight_messages <n>
 //		max_queued_messages <n>
+//		password_file <path>
+//		acl_file <path>
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)

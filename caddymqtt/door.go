@@ -3,6 +3,7 @@ package caddymqtt
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,6 +37,17 @@ type DoorOptions struct {
 	// lower the app's max_packet_size.
 	MaxPacketSize int `json:"max_packet_size,omitempty"`
 
+	// A password file (mosquitto's format) for this door's clients, in
+	// place of the app's users (mosquitto's per_listener_settings).
+	PasswordFile string `json:"password_file,omitempty"`
+
+	// An ACL file (mosquitto's format) for this door's clients, in place of
+	// the app's ACL.
+	ACLFile string `json:"acl_file,omitempty"`
+
+	// authKey names this door's files in the app's policy (ProvisionAuth).
+	authKey string
+
 	// QoS 1 and 2 messages written to one client of this door and not yet
 	// acknowledged, at most (an MQTT 5 client's smaller Receive Maximum
 	// wins). 0: the app's max_inflight_messages.
@@ -53,6 +65,7 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 		Door:           door,
 		AllowAnonymous: o.AllowAnonymous,
 		Identity:       DoorIdentity(o.UseIdentityAsUsername, o.UseSubjectAsUsername),
+		AuthKey:        o.authKey,
 		Limits: broker.DoorLimits{
 			MaxConnections: o.MaxConnections,
 			MaxPacketSize:  uint32(o.MaxPacketSize),
@@ -101,6 +114,8 @@ func validateFlow(inflight, queued int) error {
 //	max_packet_size <size>
 //	max_inflight_messages <n>
 //	max_queued_messages <n>
+//	password_file <path>
+//	acl_file <path>
 func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) {
 	var target **bool
 	switch d.Val() {
@@ -118,6 +133,19 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 		n, err := parseSizeArg(d)
 		o.MaxPacketSize = n
 		return true, err
+	case "password_file", "acl_file":
+		target := &o.PasswordFile
+		if d.Val() == "acl_file" {
+			target = &o.ACLFile
+		}
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		*target = d.Val()
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		return true, nil
 	case "max_inflight_messages":
 		n, err := parseIntArg(d)
 		o.MaxInflightMessages = n
@@ -156,4 +184,31 @@ func (a *App) unmarshalConnectionRate(d *caddyfile.Dispenser) error {
 		a.ConnectionRateInterval = caddy.Duration(dur)
 	}
 	return nil
+}
+
+// ProvisionAuth reads the door's own password_file and acl_file into the
+// app's policy, under a key made of the files' paths: the policy is swapped
+// in whole on a reload, so the clients of a door keep their key and see the
+// files' new contents, while a door that now names other files (or is gone)
+// leaves its old clients without rules until they reconnect.
+func (o *DoorOptions) ProvisionAuth(app *App) error {
+	if o.PasswordFile == "" && o.ACLFile == "" {
+		return nil
+	}
+	key := "password_file=" + absPath(o.PasswordFile) + "\x00acl_file=" + absPath(o.ACLFile)
+	if err := app.addDoorAuth(key, o.PasswordFile, o.ACLFile); err != nil {
+		return err
+	}
+	o.authKey = key
+	return nil
+}
+
+func absPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }

@@ -53,3 +53,18 @@ func TestDoorOptionsCaddyfile(t *testing.T) {
 		t.Fatalf("global max_queued_messages 100000: %v", err)
 	}
 }
+
+func TestDoorAuthFilesCaddyfile(t *testing.T) {
+	h := new(Handler)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("mqtt {\n\tpassword_file /etc/mqtt/devices.passwd\n\tacl_file devices.acl\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if h.PasswordFile != "/etc/mqtt/devices.passwd" || h.ACLFile != "devices.acl" {
+		t.Fatalf("got %q, %q", h.PasswordFile, h.ACLFile)
+	}
+	for _, in := range []string{"mqtt {\n\tpassword_file\n}", "mqtt {\n\tacl_file a b\n}"} {
+		if err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil || !strings.Contains(err.Error(), "Testfile:2") {
+			t.Errorf("%q: error %v, want one at Testfile:2", in, err)
+		}
+	}
+}

@@ -58,7 +58,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	var err error
 	h.app, err = AppFrom(ctx)
-	return err
+	if err != nil {
+		return err
+	}
+	return h.DoorOptions.ProvisionAuth(h.app)
 }
 
 // Validate checks the origin patterns.

@@ -46,7 +46,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	var err error
 	h.app, err = caddymqtt.AppFrom(ctx)
-	return err
+	if err != nil {
+		return err
+	}
+	return h.DoorOptions.ProvisionAuth(h.app)
 }
 
 // Handle serves the MQTT session. The layer4 server closes the connection
@@ -86,6 +89,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //		max_packet_size <size>
 //		max_inflight_messages <n>
 //		max_queued_messages <n>
+//		password_file <path>
+//		acl_file <path>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
