@@ -55,6 +55,7 @@ type Broker struct {
 	ids    idLocks // see takeover.go
 
 	store     *boltStore    // nil without storage
+	doorKeys  *doorKeys     // nil without storage
 	rate      *rateLimiter  // per client IP; nil when unlimited
 	authSlots chan struct{} // see authslots.go
 	refusals  logLimiter    // see logRefusal
@@ -137,6 +138,9 @@ func New(opts Options, policy Policy) (*Broker, error) {
 			return nil, fmt.Errorf("opening mqtt storage: %w", err)
 		}
 		order.store, b.store = hook, hook
+		if b.doorKeys, err = loadDoorKeys(opts.Storage.Path + ".doors"); err != nil {
+			return nil, fmt.Errorf("opening mqtt storage: %w", err)
+		}
 	}
 	// mochi's Close only disconnects clients of registered listeners, so each
 	// door is a listener that accepts nothing by itself.

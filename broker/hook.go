@@ -162,8 +162,8 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 		// A persistent session restored from storage that has not
 		// reconnected yet: it has no connection, but messages for it
 		// must still be queued if its user may read them.
-		return h.b.Policy().Authorize(&Client{ID: cl.ID, Username: string(cl.Properties.Username)}, topic, AccessRead) &&
-			!h.b.offlineQueueFull(cl, nil)
+		c := &Client{ID: cl.ID, Username: string(cl.Properties.Username), AuthKey: h.b.doorKeys.get(cl.ID)}
+		return h.b.Policy().Authorize(c, topic, AccessRead) && !h.b.offlineQueueFull(cl, nil)
 	}
 	c := cc.client.Load()
 	if c == nil {
@@ -198,8 +198,18 @@ func (h *dispatchHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 // OnSessionEstablished runs once the CONNACK is sent: the client id now
 // belongs to this connection.
 func (h *dispatchHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if cc, ok := cl.Net.Conn.(*clientConn); ok {
-		cc.releaseID()
+	cc, ok := cl.Net.Conn.(*clientConn)
+	if !ok {
+		return
+	}
+	cc.releaseID()
+	key := ""
+	if (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval > 0) ||
+		(cl.Properties.ProtocolVersion < 5 && !cl.Properties.Clean) {
+		key = cc.info.AuthKey
+	}
+	if err := h.b.doorKeys.set(cl.ID, key); err != nil {
+		h.b.log.Error("mqtt storage: recording the client's door", "client", cl.ID, "error", err)
 	}
 }
 

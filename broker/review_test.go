@@ -133,3 +133,55 @@ func TestStalledClientDoesNotHoldItsID(t *testing.T) {
 	t.Logf("took over after %v", time.Since(start))
 	c.Disconnect(0)
 }
+
+// TestRestoredSessionKeepsItsDoorACL: a persistent session that came in
+// through a door with its own ACL is, once restored from storage after a
+// restart, still checked against that door's ACL (not the broker-wide one,
+// here none: everything allowed) until its client reconnects.
+func TestRestoredSessionKeepsItsDoorACL(t *testing.T) {
+	st := Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "b.bolt")}
+	policy := func(rules string) Policy {
+		acl, err := auth.ParseACLFile(strings.NewReader(rules), "door acl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &AuthPolicy{AllowAnonymous: true, Doors: map[string]DoorAuth{"door": {ACL: acl}}}
+	}
+	b1, err := New(Options{Storage: st}, policy("topic readwrite a/#\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "tcp://" + serveDoor(t, b1, ConnInfo{Door: DoorTCP, AuthKey: "door"})
+	sub := storageConnectV3(t, url, "door-sub", false, nil)
+	storageWait(t, sub.Subscribe("a/#", 1, nil), "subscribe")
+	sub.Disconnect(100)
+	if err := b1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// After the restart the door may read a/public only.
+	b2, err := New(Options{Storage: st}, policy("topic read a/public\ntopic write a/#\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b2.Shutdown(context.Background()) })
+	url = "tcp://" + serveDoor(t, b2, ConnInfo{Door: DoorTCP, AuthKey: "door"})
+	pub := storageConnectV3(t, url, "door-pub", true, nil)
+	storageWait(t, pub.Publish("a/secret", 1, false, "s"), "publish")
+	storageWait(t, pub.Publish("a/public", 1, false, "p"), "publish")
+	msgs := make(chan string, 10)
+	storageConnectV3(t, url, "door-sub", false, msgs)
+	select {
+	case m := <-msgs:
+		if m != "a/public p" {
+			t.Fatalf("the restored session got %q, which its door's ACL forbids", m)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the allowed message was not queued for the restored session")
+	}
+	select {
+	case m := <-msgs:
+		t.Fatalf("and then %q", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
