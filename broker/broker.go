@@ -390,7 +390,10 @@ type clientConn struct {
 	writing bool   // a writer goroutine runs
 	werr    error  // the write that failed; the connection is closed
 	closing bool   // Close has begun: nothing more is taken
-	flushed sync.Cond
+	// From session establishment to the CONNACK (beforeConnack).
+	awaitConnack bool
+	early        []byte
+	flushed      sync.Cond
 	// Outgoing flow control (flow.go), set up at CONNECT.
 	flow  *outFlow
 	mochi *mqtt.Client

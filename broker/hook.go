@@ -192,6 +192,9 @@ func (h *dispatchHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
 		cc.established.Store(true)
 		cc.holdID(&h.b.ids, cl.ID) // until the CONNACK is out
+		cc.wmu.Lock()
+		cc.awaitConnack = true
+		cc.wmu.Unlock()
 	}
 }
 

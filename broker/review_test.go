@@ -9,12 +9,15 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker/auth"
 )
@@ -183,5 +186,58 @@ func TestRestoredSessionKeepsItsDoorACL(t *testing.T) {
 	case m := <-msgs:
 		t.Fatalf("and then %q", m)
 	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// slowConnack delays the CONNACK to one client, widening the moment in
+// which mochi routes messages to a resumed session that has not been sent
+// its CONNACK yet.
+type slowConnack struct {
+	mqtt.HookBase
+	client string
+}
+
+func (h *slowConnack) ID() string           { return "test-slow-connack" }
+func (h *slowConnack) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (h *slowConnack) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.ID == h.client && pk.FixedHeader.Type == packets.Connack {
+		time.Sleep(300 * time.Millisecond)
+	}
+	return pk
+}
+
+// TestNoPublishBeforeConnack: messages published while a persistent session
+// is being resumed reach the client after its CONNACK, never before it
+// (dialRaw fails on anything but a CONNACK first).
+func TestNoPublishBeforeConnack(t *testing.T) {
+	b, addr := newDoorBroker(t, DoorLimits{})
+	sub := dialRaw(t, addr, 4, "early", false, packets.Properties{})
+	sub.subscribe("early/t", 0)
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	waitFor(t, func() bool {
+		cl, ok := b.Server().Clients.Get("early")
+		return ok && cl.Closed()
+	})
+	if err := b.Server().AddHook(&slowConnack{client: "early"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			_ = b.Server().Publish("early/t", []byte(strconv.Itoa(i)), false, 0)
+		}
+	}()
+	sub = dialRaw(t, addr, 4, "early", false, packets.Properties{})
+	close(stop)
+	<-done
+	if got := sub.publishes(quiet); len(got) == 0 {
+		t.Fatal("no message after the CONNACK: the test did not publish during the resume")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // The write path of a client connection.
@@ -35,7 +37,40 @@ func (c *clientConn) Write(p []byte) (int, error) {
 		c.held = append(c.held, p...)
 		return len(p), nil
 	}
+	if c.awaitConnack {
+		return len(p), c.beforeConnack(p)
+	}
 	return len(p), c.send(p)
+}
+
+// beforeConnack keeps what mochi writes to a resumed session before its
+// CONNACK until the CONNACK has gone: mochi registers the session, so that
+// messages are routed to it, before it writes the CONNACK, and a message
+// published in between went out first (a PUBLISH before CONNACK is a
+// protocol error to the client). Called with wmu held.
+func (c *clientConn) beforeConnack(p []byte) error {
+	for pos := 0; pos < len(p); {
+		n, _, _, ok := nextPacket(p[pos:])
+		if !ok {
+			break
+		}
+		if p[pos]>>4 == packets.Connack {
+			c.early = append(c.early, p[:pos]...)
+			c.awaitConnack = false
+			err := c.send(p[pos : pos+n])
+			if err == nil && len(c.early) > 0 {
+				err = c.send(c.early)
+			}
+			c.early = nil
+			if err == nil && pos+n < len(p) {
+				err = c.send(p[pos+n:])
+			}
+			return err
+		}
+		pos += n
+	}
+	c.early = append(c.early, p...)
+	return nil
 }
 
 // enqueue adds n packets in b to what the writer goroutine writes, and
