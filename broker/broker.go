@@ -212,7 +212,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
 	b.sizeWriteBuffer(cc)
 	err := b.srv.EstablishConnection(string(info.Door), cc)
-	cc.setupDone()
+	cc.endSetup()
 	cc.drain(false) // the door closes conn once Serve returns
 	return normalizeErr(err)
 }

@@ -17,7 +17,8 @@ type testBroker struct {
 	addr string
 }
 
-func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
+// newBroker creates a broker that is shut down when the test ends.
+func newBroker(t testing.TB, opts Options, p Policy) *Broker {
 	t.Helper()
 	b, err := New(opts, p)
 	if err != nil {
@@ -28,6 +29,12 @@ func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
 		defer cancel()
 		_ = b.Shutdown(ctx)
 	})
+	return b
+}
+
+func newTestBroker(t *testing.T, opts Options, p Policy) *testBroker {
+	t.Helper()
+	b := newBroker(t, opts, p)
 	return &testBroker{Broker: b, addr: serveDoor(t, b, ConnInfo{Door: DoorTCP})}
 }
 

@@ -237,10 +237,7 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if !ok {
 		return nil
 	}
-	window := int(h.b.opts.MaxInflightMessages)
-	if n := cc.info.Limits.MaxInflightMessages; n > 0 {
-		window = n
-	}
+	window := cc.inflightLimit(h.b)
 	if rm := int(pk.Properties.ReceiveMaximum); pk.ProtocolVersion == 5 && rm > 0 {
 		window = min(window, rm)
 	}
@@ -290,6 +287,14 @@ func (h *flowHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 		}
 		cc.wmu.Unlock()
 	}
+}
+
+// inflightLimit is the door's max_inflight_messages, else the broker's.
+func (c *clientConn) inflightLimit(b *Broker) int {
+	if n := c.info.Limits.MaxInflightMessages; n > 0 {
+		return n
+	}
+	return int(b.opts.MaxInflightMessages)
 }
 
 // queueLimit is the number of QoS 1/2 messages the connection's client may

@@ -331,11 +331,7 @@ const quiet = 300 * time.Millisecond
 // with the given limits.
 func newDoorBroker(t testing.TB, limits DoorLimits) (*Broker, string) {
 	t.Helper()
-	b, err := New(Options{}, AnonymousPolicy{Allow: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{}, AnonymousPolicy{Allow: true})
 	return b, serveDoor(t, b, ConnInfo{Door: DoorTCP, Limits: limits})
 }
 
@@ -578,11 +574,7 @@ func (h *slowWriter) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 // write buffer in front of the flow control must not drop what the queue
 // has room for (it once held only max_queued_messages packets).
 func TestSmallQueueBurstSlowWriter(t *testing.T) {
-	b, err := New(Options{MaxQueuedMessages: 4, MaxInflightMessages: 3}, AnonymousPolicy{Allow: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{MaxQueuedMessages: 4, MaxInflightMessages: 3}, AnonymousPolicy{Allow: true})
 	if err := b.Server().AddHook(&slowWriter{client: "slow-writer", delay: 20 * time.Millisecond}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -631,11 +623,7 @@ func TestDoorQueueLargerThanBrokers(t *testing.T) {
 // with writes that wait for the socket, every publish waited for the
 // stalled client's write timeout (here 20 s; this took 10.05 s with 10 s).
 func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
-	b, err := New(Options{WriteTimeout: 20 * time.Second}, AnonymousPolicy{Allow: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{WriteTimeout: 20 * time.Second}, AnonymousPolicy{Allow: true})
 	addr := serveDoor(t, b, ConnInfo{Door: DoorTCP})
 
 	stalled := dialRaw(t, addr, 4, "stalled", true, packets.Properties{})

@@ -207,8 +207,7 @@ func (h *dispatchHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	cc.releaseID()
 	key := ""
-	if (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval > 0) ||
-		(cl.Properties.ProtocolVersion < 5 && !cl.Properties.Clean) {
+	if persistentSession(cl) {
 		key = cc.info.AuthKey
 	}
 	if err := h.b.doorKeys.set(cl.ID, key); err != nil {

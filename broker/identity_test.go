@@ -173,11 +173,7 @@ func TestCertIdentityOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Options{}, &AuthPolicy{ACL: acl, Identity: IdentityCN})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{}, &AuthPolicy{ACL: acl, Identity: IdentityCN})
 
 	listen := func(clientAuth tls.ClientAuthType) string {
 		pool := x509.NewCertPool()

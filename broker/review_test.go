@@ -31,11 +31,7 @@ func TestWillMustBePublishable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Options{}, &AuthPolicy{AllowAnonymous: true, ACL: acl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{}, &AuthPolicy{AllowAnonymous: true, ACL: acl})
 	url := serveStorageTCP(t, b)
 	for _, tc := range []struct {
 		topic string
@@ -101,11 +97,7 @@ func TestOfflineRestoredSessionQueues(t *testing.T) {
 // blocked for the write timeout, so a new connection can take its client
 // id over instead of waiting forever.
 func TestStalledClientDoesNotHoldItsID(t *testing.T) {
-	b, err := New(Options{WriteTimeout: time.Second}, AnonymousPolicy{Allow: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{WriteTimeout: time.Second}, AnonymousPolicy{Allow: true})
 	url := serveStorageTCP(t, b)
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
@@ -163,11 +155,7 @@ func TestRestoredSessionKeepsItsDoorACL(t *testing.T) {
 	}
 
 	// After the restart the door may read a/public only.
-	b2, err := New(Options{Storage: st}, policy("topic read a/public\ntopic write a/#\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b2.Shutdown(context.Background()) })
+	b2 := newBroker(t, Options{Storage: st}, policy("topic read a/public\ntopic write a/#\n"))
 	url = "tcp://" + serveDoor(t, b2, ConnInfo{Door: DoorTCP, AuthKey: "door"})
 	pub := storageConnectV3(t, url, "door-pub", true, nil)
 	storageWait(t, pub.Publish("a/secret", 1, false, "s"), "publish")

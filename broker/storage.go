@@ -106,13 +106,19 @@ type boltStore struct {
 	handover map[*mqtt.Client]bool // old sessions whose queue a new connection inherits
 }
 
+// persistentSession reports whether cl's session outlives its connection
+// (MQTT 5 session expiry, MQTT 3 clean session off).
+func persistentSession(cl *mqtt.Client) bool {
+	return (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval > 0) ||
+		(cl.Properties.ProtocolVersion < 5 && !cl.Properties.Clean)
+}
+
 // keep reports whether cl's state belongs in the store.
 func (h *boltStore) keep(cl *mqtt.Client) bool {
 	if cl.Net.Inline {
 		return false
 	}
-	persistent := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval > 0) ||
-		(cl.Properties.ProtocolVersion < 5 && !cl.Properties.Clean)
+	persistent := persistentSession(cl)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if persistent {

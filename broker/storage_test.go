@@ -47,12 +47,7 @@ func storageWait(t *testing.T, tok pahov3.Token, what string) {
 
 func newStorageBroker(t *testing.T, st Storage) *Broker {
 	t.Helper()
-	b, err := New(Options{Storage: st}, AnonymousPolicy{Allow: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
-	return b
+	return newBroker(t, Options{Storage: st}, AnonymousPolicy{Allow: true})
 }
 
 // expectInOrder reads n messages "topic i" with i counting from 0.
@@ -200,11 +195,7 @@ func (c *spyConn) Write(p []byte) (int, error) {
 // PUBACK first, so a crash in between lost an acknowledged message.
 func TestAckAfterStore(t *testing.T) {
 	st := Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "broker.bolt")}
-	b, err := New(Options{Storage: st}, AnonymousPolicy{Allow: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	b := newBroker(t, Options{Storage: st}, AnonymousPolicy{Allow: true})
 	var (
 		mu     sync.Mutex
 		acks   int

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -248,22 +247,21 @@ func writeBufferSize(inflight, queued int) int { return inflight + queued + 64 }
 // client, first reads from it (or gives up). Both happen on Serve's
 // goroutine, right after EstablishConnection is called.
 func (b *Broker) sizeWriteBuffer(cc *clientConn) {
-	inflight, queued := int(b.opts.MaxInflightMessages), int(b.opts.MaxQueuedMessages)
-	if n := cc.info.Limits.MaxInflightMessages; n > 0 {
-		inflight = n
-	}
-	if n := cc.info.Limits.MaxQueuedMessages; n > 0 {
-		queued = n
-	}
 	b.clientSetup.Lock()
-	b.srv.Options.Capabilities.MaximumClientWritesPending = int32(writeBufferSize(inflight, queued))
-	cc.setupDone = sync.OnceFunc(b.clientSetup.Unlock)
+	b.srv.Options.Capabilities.MaximumClientWritesPending = int32(writeBufferSize(cc.inflightLimit(b), cc.queueLimit(b)))
+	cc.setupDone = b.clientSetup.Unlock
+}
+
+// endSetup ends sizeWriteBuffer's hold, once. Serve's goroutine only.
+func (c *clientConn) endSetup() {
+	if done := c.setupDone; done != nil {
+		c.setupDone = nil
+		done()
+	}
 }
 
 // Read ends sizeWriteBuffer's hold on the first read.
 func (c *clientConn) Read(p []byte) (int, error) {
-	if c.setupDone != nil {
-		c.setupDone()
-	}
+	c.endSetup()
 	return c.Conn.Read(p)
 }

@@ -165,19 +165,10 @@ func DoorIdentity(identity, subject *bool) broker.IdentitySource {
 func (c *AuthConfig) unmarshalAuthOption(d *caddyfile.Dispenser) (bool, error) {
 	var err error
 	switch opt := d.Val(); opt {
-	case "password_file", "acl_file":
-		if !d.NextArg() {
-			return true, d.ArgErr()
-		}
-		path := d.Val()
-		if d.NextArg() {
-			return true, d.ArgErr()
-		}
-		if opt == "password_file" {
-			c.PasswordFile = path
-		} else {
-			c.ACLFile = path
-		}
+	case "password_file":
+		c.PasswordFile, err = parseStringArg(d)
+	case "acl_file":
+		c.ACLFile, err = parseStringArg(d)
 	case "user":
 		args := d.RemainingArgs()
 		if len(args) != 2 {

@@ -185,6 +185,18 @@ func ParseBoolArg(d *caddyfile.Dispenser) (bool, error) {
 	return v, nil
 }
 
+// parseStringArg reads the single argument of the option at the cursor.
+func parseStringArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
 func parseIntArg(d *caddyfile.Dispenser) (int, error) {
 	opt := d.Val()
 	if !d.NextArg() {

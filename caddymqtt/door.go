@@ -133,19 +133,14 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 		n, err := parseSizeArg(d)
 		o.MaxPacketSize = n
 		return true, err
-	case "password_file", "acl_file":
-		target := &o.PasswordFile
-		if d.Val() == "acl_file" {
-			target = &o.ACLFile
-		}
-		if !d.NextArg() {
-			return true, d.ArgErr()
-		}
-		*target = d.Val()
-		if d.NextArg() {
-			return true, d.ArgErr()
-		}
-		return true, nil
+	case "password_file":
+		v, err := parseStringArg(d)
+		o.PasswordFile = v
+		return true, err
+	case "acl_file":
+		v, err := parseStringArg(d)
+		o.ACLFile = v
+		return true, err
 	case "max_inflight_messages":
 		n, err := parseIntArg(d)
 		o.MaxInflightMessages = n

@@ -165,15 +165,12 @@ func flowConnect(t *testing.T, dial func() net.Conn, id string, clean bool) *raw
 	t.Helper()
 	conn := dial()
 	t.Cleanup(func() { conn.Close() })
-	flags := byte(0)
-	if clean {
-		flags = 0x02
+	connect := connectPacket(4, id)
+	if !clean {
+		connect[9] = 0 // the connect flags: clean session off
 	}
-	body := appendString(nil, "MQTT")
-	body = append(body, 4, flags, 0, 60)
-	body = appendString(body, id)
 	r := &raw{conn: conn, v: 4, door: "flow", id: id}
-	r.send(t, append(append([]byte{0x10}, varint(len(body))...), body...))
+	r.send(t, connect)
 	if typ, ack := r.next(t); typ != 0x20 || ack[1] != 0 {
 		t.Fatalf("%s: CONNACK %#x %x", id, typ, ack)
 	}
