@@ -123,6 +123,9 @@ func (c *clientConn) writeLoop() {
 			c.werr = err
 			c.out, c.outN = nil, 0
 			_ = c.Conn.Close()
+			c.wakeWaiters() // nobody waits for a closed connection
+		} else {
+			c.progressed()
 		}
 		// Two buffers take turns; a large one is not kept.
 		spare = nil
@@ -147,6 +150,7 @@ func (c *clientConn) drain(close bool) {
 	defer c.wmu.Unlock()
 	if close {
 		c.closing = true
+		c.wakeWaiters() // publishers waiting for room go on
 	}
 	if c.flushed.L == nil {
 		c.flushed.L = &c.wmu
