@@ -367,3 +367,45 @@ func TestQoS0BurstToReader(t *testing.T) {
 		t.Fatalf("got %d of 5000", got)
 	}
 }
+
+// TestResumedSessionNewReceiveMaximum: an MQTT 5 session made with Receive
+// Maximum 10 is resumed with Receive Maximum 2: its queue comes through a
+// window of 2 [MQTT-3.3.4-9].
+func TestResumedSessionNewReceiveMaximum(t *testing.T) {
+	b, addr := newDoorBroker(t, DoorLimits{})
+	props := sessionHour
+	props.ReceiveMaximum = 10
+	sub := dialRaw(t, addr, 5, "rm-resume", false, props)
+	sub.subscribe("rm/t", 1)
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	waitFor(t, func() bool { cl, ok := b.Server().Clients.Get("rm-resume"); return ok && cl.Closed() })
+	publishN(t, b, "rm/t", 1, 0, 9)
+	props.ReceiveMaximum = 2
+	sub = dialRaw(t, addr, 5, "rm-resume", false, props)
+	if got := payloads(sub.drain(sub.publishes(quiet), 2)); got != "[0 1 2 3 4 5 6 7 8 9]" {
+		t.Fatalf("got %s", got)
+	}
+}
+
+// TestClientOverReceiveMaximum: an MQTT 5 client that has more unreleased
+// QoS 2 publishes than the broker's Receive Maximum (advertised in the
+// CONNACK) is disconnected with 0x93 [MQTT-3.3.4-8].
+func TestClientOverReceiveMaximum(t *testing.T) {
+	b := newBroker(t, Options{ReceiveMaximum: 3}, AnonymousPolicy{Allow: true})
+	addr := serveDoor(t, b, ConnInfo{Door: DoorTCP})
+	c, ack := dialRawConnect(t, addr, 5, packets.ConnectParams{ClientIdentifier: "over-rm", Clean: true, Keepalive: 60}, packets.Properties{})
+	if ack.Properties.ReceiveMaximum != 3 {
+		t.Fatalf("CONNACK Receive Maximum %d, want 3", ack.Properties.ReceiveMaximum)
+	}
+	for i := 1; i <= 4; i++ {
+		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: uint16(i), TopicName: "rm/over", Payload: []byte("x")})
+	}
+	for i := 1; i <= 3; i++ {
+		if pk := c.read(2 * time.Second); pk.FixedHeader.Type != packets.Pubrec {
+			t.Fatalf("publish %d: %v", i, pk.FixedHeader.Type)
+		}
+	}
+	if pk := c.read(2 * time.Second); pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != packets.ErrReceiveMaximum.Code {
+		t.Fatalf("got %v reason %#x, want DISCONNECT 0x93", pk.FixedHeader.Type, pk.ReasonCode)
+	}
+}
