@@ -343,7 +343,7 @@ func TestQoS1BurstsAllDelivered(t *testing.T) {
 					var collectors []func() []string
 					for i := range subs {
 						if i%2 == 0 {
-							collectors = append(collectors, pahoCollector(t, c, door, fmt.Sprintf("%s-paho-%d", topic, i), topic))
+							collectors = append(collectors, pahoCollector(t, c, door, fmt.Sprintf("%s-paho-%d", topic, i), topic, n))
 						} else {
 							collectors = append(collectors, mqttjsCollector(t, c, node, door, topic, n))
 						}
@@ -367,17 +367,22 @@ func TestQoS1BurstsAllDelivered(t *testing.T) {
 }
 
 // pahoCollector subscribes a paho MQTT 3.1.1 client at QoS 1 and returns a
-// function that waits for the messages (until none comes for 5 s).
-func pahoCollector(t *testing.T, c *Caddy, door, id, topic string) func() []string {
+// function that waits for n messages (or until none comes for 5 s), then
+// for anything more for 200 ms.
+func pahoCollector(t *testing.T, c *Caddy, door, id, topic string, n int) func() []string {
 	v := c.ConnectV3(t, door, strings.ReplaceAll(id, "/", "-"), func(o *pahov3.ClientOptions) {})
 	v.Subscribe(t, topic, 1)
 	return func() []string {
 		var got []string
+		quiet := 5 * time.Second
 		for {
 			select {
 			case m := <-v.Msgs:
 				got = append(got, string(m.Payload()))
-			case <-time.After(5 * time.Second):
+				if len(got) >= n {
+					quiet = 200 * time.Millisecond
+				}
+			case <-time.After(quiet):
 				return got
 			}
 		}
