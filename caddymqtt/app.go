@@ -164,7 +164,7 @@ func (a *App) Validate() error {
 
 // Start makes this config's policy the one in force. Sessions stay.
 func (a *App) Start() error {
-	b, err := a.shared.get()
+	b, err := a.shared.get(a.policy)
 	if err != nil {
 		return err
 	}
@@ -207,7 +207,7 @@ func AppFrom(ctx caddy.Context) (*App, error) {
 }
 
 // Broker returns the running broker, starting it on first use.
-func (a *App) Broker() (*broker.Broker, error) { return a.shared.get() }
+func (a *App) Broker() (*broker.Broker, error) { return a.shared.get(a.policy) }
 
 func (a *App) brokerOptions() broker.Options {
 	return broker.Options{
@@ -248,7 +248,11 @@ type sharedBroker struct {
 	shutdownTimeout time.Duration
 }
 
-func (s *sharedBroker) get() (*broker.Broker, error) {
+// get returns the broker, creating it with policy in force if there is
+// none yet. Caddy starts the apps in no set order: a door of this config can
+// be serving before this app's Start, and the broker it creates must not
+// refuse every client until then (it did, with the empty policy).
+func (s *sharedBroker) get(policy broker.Policy) (*broker.Broker, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.destroyed {
@@ -258,7 +262,7 @@ func (s *sharedBroker) get() (*broker.Broker, error) {
 		return nil, broker.ErrClosed
 	}
 	if s.b == nil && s.err == nil {
-		s.b, s.err = broker.New(s.opts, nil)
+		s.b, s.err = broker.New(s.opts, policy)
 	}
 	return s.b, s.err
 }
