@@ -186,6 +186,24 @@ func TestMetricsCountPerDoor(t *testing.T) {
 		t.Errorf("received bytes %v: fewer than the publishes' own", v)
 	}
 
+	// An ACL denial is a WARN line naming the topic.
+	if pr, err := pub.Publish(ctx, &paho.Publish{Topic: "denied/x", QoS: 1, Payload: []byte("p")}); err == nil && pr.ReasonCode < 0x80 {
+		t.Fatalf("publish to denied/x: %+v", pr)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(logs.String(), `"level":"WARN","msg":"mqtt publish denied by acl","client":"pub","username":"user","door":"tcp"`) &&
+			strings.Contains(logs.String(), `"topic":"denied/x"`)
+	})
+	// It was received all the same.
+	for i := range want {
+		switch want[i].name {
+		case "caddy_mqtt_messages_received_total":
+			want[i].v = 11
+		case "caddy_mqtt_payload_received_bytes_total":
+			want[i].v = 41
+		}
+	}
+
 	_ = pub.Disconnect(&paho.Disconnect{})
 	waitFor(t, func() bool {
 		return gather(t, col, "caddy_mqtt_disconnects_total", map[string]string{"door": "tcp", "reason": "normal"}) == 1

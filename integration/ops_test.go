@@ -21,7 +21,7 @@ import (
 // opsCaddyfile is the base config with a password file (user "u") and the
 // tcp door named "plain", so metrics carry the labels plain, tls, ws and wss.
 var opsCaddyfile = derive(baseCaddyfile,
-	"\t\tallow_anonymous\n", "\t\tpassword_file {{.Extra}}\n",
+	"\t\tallow_anonymous\n", "\t\tpassword_file {{.Extra}}\n\t\tsys_interval 1s\n",
 	"\t\t{{.Extra}}\n", "",
 	"\t\t\troute {\n\t\t\t\tmqtt\n\t\t\t}", "\t\t\troute {\n\t\t\t\tmqtt {\n\t\t\t\t\tname plain\n\t\t\t\t}\n\t\t\t}",
 )
@@ -178,6 +178,7 @@ func TestMetricsOnAdminEndpoint(t *testing.T) {
 
 	clients := opsWorkload(t, c, 1)
 	check(1, 3)
+
 	for _, v := range clients {
 		_ = v.Client.Disconnect(&paho.Disconnect{})
 	}
@@ -208,6 +209,19 @@ func TestMetricsOnAdminEndpoint(t *testing.T) {
 	check(2, 3)
 	if strings.Contains(c.Log(), "duplicate metrics collector registration") {
 		t.Error("metrics registered twice")
+	}
+
+	// $SYS goes on next to the metrics, every sys_interval (1s here): 12
+	// clients and the watcher.
+	sys := c.ConnectV5(t, "tcp", "sys-watch", login("u", "pw"))
+	sys.Subscribe(t, "$SYS/broker/clients/connected", 0)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if m := recv(t, sys.Msgs); string(m.Payload) == "13" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("$SYS/broker/clients/connected never said 13")
+		}
 	}
 }
 
