@@ -146,8 +146,11 @@ func (b *Broker) Kick(ctx context.Context, id string, discard bool) error {
 			}
 		}
 	}
-	// A new connection may have taken the id meanwhile: that session is
-	// not the one asked about.
+	// A new CONNECT with this id waits for the id's lock before it takes
+	// the session over (takeover.go); one that came first has a session
+	// that is not the one asked about.
+	unlock := b.ids.lock(id)
+	defer unlock()
 	if cur, ok := b.srv.Clients.Get(id); !ok || cur != cl {
 		return nil
 	}

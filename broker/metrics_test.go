@@ -376,3 +376,48 @@ type nopConn struct{ net.Conn }
 
 func (nopConn) Read(p []byte) (int, error)  { return len(p), nil }
 func (nopConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestTakeoverAndKickCounted: a second connection with a client id closes
+// the first (reason takeover, counted on the first one's door); a kick is
+// reason admin, and the client's MQTT 5 DISCONNECT says 0x98.
+func TestTakeoverAndKickCounted(t *testing.T) {
+	b := newBroker(t, Options{Logger: slog.New(slog.DiscardHandler)}, AnonymousPolicy{Allow: true})
+	addrA := serveDoor(t, b, ConnInfo{Door: DoorTCP, Name: "a"})
+	addrB := serveDoor(t, b, ConnInfo{Door: DoorTCP, Name: "b"})
+	col := NewCollector(func() *Broker { return b })
+	if _, _, err := pahoLoginWith(t, addrA, func(cp *paho.Connect) { cp.ClientID, cp.CleanStart = "twin", true }); err != nil {
+		t.Fatal(err)
+	}
+	disc := make(chan *paho.Disconnect, 1)
+	conn, err := net.Dial("tcp", addrB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnServerDisconnect: func(d *paho.Disconnect) { disc <- d }})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "twin", CleanStart: true, KeepAlive: 30}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		return gather(t, col, "caddy_mqtt_session_takeovers_total", map[string]string{"door": "a"}) == 1 &&
+			gather(t, col, "caddy_mqtt_disconnects_total", map[string]string{"door": "a", "reason": "takeover"}) == 1 &&
+			gather(t, col, "caddy_mqtt_clients_connected", map[string]string{"door": "a"}) == 0 &&
+			gather(t, col, "caddy_mqtt_clients_connected", map[string]string{"door": "b"}) == 1
+	})
+	if err := b.Kick(ctx, "twin", false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-disc:
+		if d.ReasonCode != 0x98 {
+			t.Fatalf("kick: reason %#x", d.ReasonCode)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no DISCONNECT")
+	}
+	waitFor(t, func() bool {
+		return gather(t, col, "caddy_mqtt_disconnects_total", map[string]string{"door": "b", "reason": "admin"}) == 1 &&
+			gather(t, col, "caddy_mqtt_clients_connected", map[string]string{"door": "b"}) == 0
+	})
+}
