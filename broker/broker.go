@@ -211,10 +211,11 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 		limit = lim
 	}
 	cc.m.door = b.metrics.door(info.Label())
-	cc.Conn = &packetLimitConn{Conn: conn, limit: limit}
+	wire := conn
 	if !b.opts.NoMetrics {
-		cc.Conn = &packetLimitConn{Conn: countingConn{Conn: conn, s: cc.m.door}, limit: limit}
+		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
 	}
+	cc.Conn = &packetLimitConn{Conn: wire, limit: limit}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
