@@ -421,3 +421,25 @@ func TestTakeoverAndKickCounted(t *testing.T) {
 			gather(t, col, "caddy_mqtt_clients_connected", map[string]string{"door": "b"}) == 0
 	})
 }
+
+// TestHeldMessageGauges: a connected client that does not acknowledge has
+// max_inflight_messages in flight and the rest queued; once it is gone, its
+// session holds them all as queued. The admin API says the same.
+func TestHeldMessageGauges(t *testing.T) {
+	b, addr := newDoorBroker(t, DoorLimits{MaxInflightMessages: 2, MaxQueuedMessages: 10})
+	col := NewCollector(func() *Broker { return b })
+	sub := dialRaw(t, addr, 4, "held", false, packets.Properties{})
+	sub.subscribe("held/t", 1)
+	publishN(t, b, "held/t", 1, 0, 4) // never acknowledged
+	gauges := func(inflight, queued float64) bool {
+		door := map[string]string{"door": "tcp"}
+		ci, err := b.Client("held")
+		return err == nil && ci.Inflight == int(inflight) && ci.Queued == int(queued) &&
+			gather(t, col, "caddy_mqtt_inflight_messages", door) == inflight &&
+			gather(t, col, "caddy_mqtt_queued_messages", door) == queued &&
+			gather(t, col, "caddy_mqtt_subscriptions", door) == 1
+	}
+	waitFor(t, func() bool { return gauges(2, 3) })
+	sub.conn.Close()
+	waitFor(t, func() bool { return gauges(0, 5) })
+}
