@@ -20,7 +20,8 @@ import (
 )
 
 // passwordPolicy lets in "user" with password "secret" and refuses
-// everyone else; it denies publishing to "denied/...".
+// everyone else; it denies publishing to "denied/..." and subscribing to
+// "denied/#".
 type passwordPolicy struct{}
 
 func (passwordPolicy) Authenticate(c *Client, password []byte) error {
@@ -31,7 +32,8 @@ func (passwordPolicy) Authenticate(c *Client, password []byte) error {
 }
 
 func (passwordPolicy) Authorize(_ *Client, topic string, access Access) bool {
-	return !(access == AccessPublish && strings.HasPrefix(topic, "denied/"))
+	return !(access == AccessPublish && strings.HasPrefix(topic, "denied/")) &&
+		!(access == AccessSubscribe && topic == "denied/#")
 }
 
 // gather returns the value of one series of a fresh pedantic registry
@@ -193,6 +195,13 @@ func TestMetricsCountPerDoor(t *testing.T) {
 	waitFor(t, func() bool {
 		return strings.Contains(logs.String(), `"level":"WARN","msg":"mqtt publish denied by acl","client":"pub","username":"user","door":"tcp"`) &&
 			strings.Contains(logs.String(), `"topic":"denied/x"`)
+	})
+	if sa, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "denied/#", QoS: 1}}}); sa == nil || len(sa.Reasons) != 1 || sa.Reasons[0] != 0x87 {
+		t.Fatalf("subscribe to denied/#: %+v %v", sa, err)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(logs.String(), `"level":"WARN","msg":"mqtt subscribe denied by acl","client":"sub","username":"user","door":"plant-a"`) &&
+			strings.Contains(logs.String(), `"topic":"denied/#"`)
 	})
 	// It was received all the same.
 	for i := range want {
