@@ -43,6 +43,9 @@ type ConnInfo struct {
 	// AuthKey names the door's own password file and ACL in the policy
 	// (AuthPolicy.Doors); empty for the broker-wide ones.
 	AuthKey string
+	// Name labels the door in metrics, logs and the admin API when a
+	// config has several doors of one kind; empty: the kind (Door).
+	Name string
 }
 
 // Broker is one MQTT broker shared by all doors.
@@ -60,6 +63,9 @@ type Broker struct {
 	authSlots chan struct{} // see authslots.go
 	refusals  logLimiter    // see logRefusal
 	drops     logLimiter    // see logDrop
+
+	metrics     metrics  // metrics.go
+	warnSampler *sampler // connlog.go
 
 	clientSetup sync.Mutex // see sizeWriteBuffer
 
@@ -107,6 +113,8 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		authSlots: newAuthSlots(),
 		refusals:  logLimiter{every: 10 * time.Second},
 		drops:     logLimiter{every: time.Minute},
+
+		warnSampler: newSampler(),
 	}
 	if policy == nil {
 		policy = AnonymousPolicy{}
@@ -121,6 +129,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	})
 	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
 		return nil, err
+	}
+	if !opts.NoMetrics {
+		if err := b.srv.AddHook(&metricsHook{b: b}, nil); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
 		return nil, err
@@ -207,15 +220,22 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < limit {
 		limit = lim
 	}
-	cc.Conn = &packetLimitConn{Conn: conn, limit: limit}
+	cc.m.door = b.metrics.door(info.Label())
+	wire := conn
+	if !b.opts.NoMetrics {
+		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
+	}
+	cc.Conn = &packetLimitConn{Conn: wire, limit: limit}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
+			b.refuse(cc, RefusedLimit)
 			b.logRefusal(cc, err)
 		}
 		return err
 	}
 	defer b.release(cc)
+	defer b.connEnded(cc) // metrics.go
 
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
 	// one with the keepalive deadline.
@@ -424,6 +444,8 @@ type clientConn struct {
 	room       roomState   // backpressure.go
 	publishing atomic.Bool // backpressure.go
 	feed       feedState   // retained.go
+
+	m connMetrics // metrics.go
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

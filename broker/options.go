@@ -60,6 +60,10 @@ type Options struct {
 	// data for that long is disconnected. Default 30 s.
 	WriteTimeout time.Duration
 
+	// NoMetrics leaves out the per-door counters (metrics.go) and the
+	// connect/disconnect log lines; it exists to measure their cost.
+	NoMetrics bool
+
 	// MaxSubscriptions caps the subscriptions one client holds (0 = no
 	// limit). Filters over the cap are refused in the SUBACK.
 	MaxSubscriptions int

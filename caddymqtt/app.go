@@ -143,6 +143,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.policy = policy
+	if err := a.registerMetrics(ctx); err != nil { // metrics.go
+		return err
+	}
 	return a.provisionTLSNames(ctx)
 }
 

@@ -31,7 +31,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "mqtt",
-		Usage: "passwd|cert ...",
+		Usage: "passwd|cert|clients|kick|pub ...",
 		Short: "Manages MQTT users and device certificates",
 		Long: `
 Tools for the mqtt app:
@@ -42,9 +42,19 @@ Tools for the mqtt app:
 
   caddy mqtt cert --cn <name> [--out <dir>] [--days <n>] [--ca <id>]
       issues a P-256 client certificate signed by Caddy's pki app CA.
+
+  caddy mqtt clients [--address <admin>] [--json]
+      lists the sessions of a running Caddy (admin API).
+
+  caddy mqtt kick [--address <admin>] [--discard] <client id>
+      disconnects a client (MQTT 5: reason 0x98); --discard also drops
+      its persistent session.
+
+  caddy mqtt pub [--address <admin>] [-q <qos>] [-r] [--base64] <topic> <payload>
+      publishes a message through the broker.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(passwdCommand(), certCommand())
+			cmd.AddCommand(passwdCommand(), certCommand(), clientsCommand(), kickCommand(), pubCommand()) // admincmd.go
 		},
 	})
 }

@@ -20,6 +20,11 @@ const maxPacketSizeLimit = 268435455 + 5
 // layer4 mqtt handler) takes in its own mqtt block. Each one wins over the
 // mqtt app's setting of the same name for the clients of that door.
 type DoorOptions struct {
+	// A name for this door in metrics (the door label), logs and the admin
+	// API, for configs with several doors of one kind. Default: the kind,
+	// ws, wss, tcp or tls. Letters, digits, '.', '_' and '-'.
+	Name string `json:"name,omitempty"`
+
 	// Allow clients without a username on this door.
 	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
 
@@ -66,6 +71,7 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 		AllowAnonymous: o.AllowAnonymous,
 		Identity:       DoorIdentity(o.UseIdentityAsUsername, o.UseSubjectAsUsername),
 		AuthKey:        o.authKey,
+		Name:           o.Name,
 		Limits: broker.DoorLimits{
 			MaxConnections: o.MaxConnections,
 			MaxPacketSize:  uint32(o.MaxPacketSize),
@@ -81,6 +87,9 @@ func (o DoorOptions) Validate() error {
 	if o.UseIdentityAsUsername != nil && *o.UseIdentityAsUsername &&
 		o.UseSubjectAsUsername != nil && *o.UseSubjectAsUsername {
 		return errors.New("use_identity_as_username and use_subject_as_username exclude each other")
+	}
+	if !validDoorName(o.Name) {
+		return fmt.Errorf("name %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.Name)
 	}
 	if o.MaxConnections < 0 {
 		return fmt.Errorf("max_connections %d must not be negative", o.MaxConnections)
@@ -116,6 +125,7 @@ func validateFlow(inflight, queued int) error {
 //	max_queued_messages <n>
 //	password_file <path>
 //	acl_file <path>
+//	name <name>
 func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) {
 	var target **bool
 	switch d.Val() {
@@ -140,6 +150,13 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 	case "acl_file":
 		v, err := parseStringArg(d)
 		o.ACLFile = v
+		return true, err
+	case "name":
+		v, err := parseStringArg(d)
+		if err == nil && !validDoorName(v) {
+			err = d.Errf("name '%s': use 1 to 64 letters, digits, '.', '_' or '-'", v)
+		}
+		o.Name = v
 		return true, err
 	case "max_inflight_messages":
 		n, err := parseIntArg(d)
@@ -206,4 +223,17 @@ func absPath(p string) string {
 		return abs
 	}
 	return p
+}
+
+// validDoorName reports whether name can label a door ("" is the default).
+func validDoorName(name string) bool {
+	if len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
