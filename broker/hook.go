@@ -111,8 +111,20 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 		password = pk.Connect.Password
 	}
 	policy := h.b.Policy()
-	if err := h.b.authenticate(policy, c, password); err != nil {
-		h.refused(c, err)
+	err := h.b.authenticate(policy, c, password)
+	if err == nil {
+		err = h.b.remember(cl.Net.Conn.(*clientConn), cl, policy)
+	}
+	if err != nil {
+		if !busy(err) {
+			h.refused(c, err)
+		} else {
+			h.b.logBusy(c, err)
+			// Not the credentials' fault: "server busy", closed like
+			// the will refusal below.
+			_ = h.b.srv.SendConnack(cl, packets.ErrServerBusy, false, nil)
+			cl.Stop(packets.ErrServerBusy)
+		}
 		return false
 	}
 	if pk.Connect.WillFlag {

@@ -242,3 +242,33 @@ func (a *App) addDoorAuth(key, passwordFile, aclFile string) error {
 	p.Doors[key] = d
 	return nil
 }
+
+// addDoorKey records that a door of group (broker.DoorGroup) uses key, so
+// that a reload can tell which sessions' doors changed their files.
+func (a *App) addDoorKey(group, key string) {
+	p, ok := a.policy.(*broker.AuthPolicy)
+	if !ok {
+		return
+	}
+	if p.DoorKeys == nil {
+		p.DoorKeys = make(map[string]map[string]int)
+	}
+	if p.DoorKeys[group] == nil {
+		p.DoorKeys[group] = make(map[string]int)
+	}
+	p.DoorKeys[group][key]++
+}
+
+// warnAnonymousUsernames warns about allow_anonymous without any password
+// source: usernames are then only names, and clients get the ACL's
+// anonymous rules whatever username they send (unless a door takes it from
+// a verified certificate).
+func (a *App) warnAnonymousUsernames() {
+	p, ok := a.policy.(*broker.AuthPolicy)
+	if !ok || !p.AllowAnonymous || p.Passwords != nil || p.ACL == nil || p.Identity == broker.IdentityCN || p.Identity == broker.IdentitySubject {
+		return
+	}
+	a.logger.Warn("allow_anonymous without password_file or users: usernames are not checked, so every client " +
+		"gets the ACL's anonymous rules, whatever username it sends; only usernames from verified client " +
+		"certificates (use_identity_as_username) get their user's rules")
+}
