@@ -34,7 +34,8 @@ const brokerKey = "mqtt"
 //
 // Options marked "fixed" are read when the broker is first created; a reload
 // that changes them logs a warning and they apply after a restart. The others
-// apply on every reload without dropping a session.
+// apply on every reload without dropping a session, except the sessions the
+// new users, ACL and allow_anonymous no longer admit (broker.Rechecker).
 type App struct {
 	// Allow clients that send no username (mosquitto's allow_anonymous).
 	// Default false, as in mosquitto 2.x. A door's own allow_anonymous wins.
@@ -172,7 +173,8 @@ func (a *App) Validate() error {
 	return a.Storage.validate()
 }
 
-// Start makes this config's policy the one in force. Sessions stay.
+// Start makes this config's policy the one in force. Sessions stay, unless
+// the new policy no longer admits them (see broker.Broker.SetPolicy).
 func (a *App) Start() error {
 	b, err := a.shared.get()
 	if err != nil {

@@ -16,8 +16,8 @@ import (
 // AuthConfig holds the mqtt app's users, ACL and certificate identity
 // options, named as in mosquitto.conf. Files are read in Provision, so
 // `caddy validate` reports their errors (as file:line) and `caddy reload`
-// picks up their changes; the new policy replaces the old one without
-// dropping any session.
+// picks up their changes; the new policy replaces the old one, and only the
+// sessions it no longer admits are dropped.
 type AuthConfig struct {
 	// A mosquitto password file ("user:hash" lines; $7$, $6$, $argon2id$
 	// and bcrypt hashes), e.g. made with mosquitto_passwd or
