@@ -64,12 +64,11 @@ type DoorOptions struct {
 
 // ConnInfo is what the broker is told about a connection of this door.
 func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
-	return broker.ConnInfo{
+	info := broker.ConnInfo{
 		Door:           door,
 		AllowAnonymous: o.AllowAnonymous,
 		Identity:       DoorIdentity(o.UseIdentityAsUsername, o.UseSubjectAsUsername),
 		AuthKey:        o.authKey,
-		Handler:        o.instance,
 		Limits: broker.DoorLimits{
 			MaxConnections: o.MaxConnections,
 			MaxPacketSize:  uint32(o.MaxPacketSize),
@@ -78,6 +77,10 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 			MaxQueuedMessages:   o.MaxQueuedMessages,
 		},
 	}
+	if o.instance != nil { // a typed nil would make every such door one
+		info.Handler = o.instance
+	}
+	return info
 }
 
 // Validate checks the door's options.
