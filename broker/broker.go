@@ -169,9 +169,10 @@ func New(opts Options, policy Policy) (*Broker, error) {
 }
 
 // SetPolicy makes p the policy in force: every later check uses p, and live
-// sessions p no longer allows are disconnected (recheck.go). The returned function puts the previous policy back,
-// but only while p is still in force, so a config that is replaced by a newer
-// one cannot undo the newer one's policy.
+// sessions p no longer allows are disconnected (recheck.go). The returned
+// function puts the previous policy back, but only while p is still in
+// force, so a config that is replaced by a newer one cannot undo the newer
+// one's policy.
 func (b *Broker) SetPolicy(p Policy) (restore func()) {
 	box := &policyBox{p}
 	old := b.policy.Swap(box)
@@ -260,8 +261,9 @@ func (b *Broker) admit(cc *clientConn) error {
 func (b *Broker) release(cc *clientConn) {
 	b.mu.Lock()
 	delete(b.conns, cc)
-	if b.doorConns[cc.info.limitKey()]--; b.doorConns[cc.info.limitKey()] == 0 {
-		delete(b.doorConns, cc.info.limitKey()) // handlers of old configs
+	key := cc.info.limitKey()
+	if b.doorConns[key]--; b.doorConns[key] == 0 {
+		delete(b.doorConns, key) // keys of handlers of old configs
 	}
 	b.mu.Unlock()
 	b.serving.Done()
