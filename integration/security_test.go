@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -545,5 +546,25 @@ func TestDeviceCertificatesFromDedicatedCA(t *testing.T) {
 		if got := code == 0; got != tc.want {
 			t.Errorf("%s on the door trusting mqtt-devices: accepted %v (code %#x), want %v", tc.name, got, code, tc.want)
 		}
+	}
+}
+
+// TestBcryptCostOverCapRefusedByValidate: `caddy validate` refuses a
+// password file with a bcrypt line whose cost (here 31, days per check)
+// would make every login for that user a denial of service, naming the
+// file and line.
+func TestBcryptCostOverCapRefusedByValidate(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	// A well-formed bcrypt hash with its cost field raised to 31.
+	writeFile(t, pw, "alice:"+hashPassword(t, "alice-pw")+"\n"+
+		"mallory:$2a$31$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy\n")
+	conf := filepath.Join(dir, "Caddyfile")
+	writeFile(t, conf, render(t, authCaddyfile, CaddyConfig{Ports: freePorts(t), Extra: "password_file " + pw}))
+	cmd := exec.Command(caddyBin, "validate", "--config", conf, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), pw+":2:") || !strings.Contains(string(out), "bcrypt cost 31") {
+		t.Fatalf("caddy validate: %v, want an error naming %s:2 and the cost:\n%s", err, pw, out)
 	}
 }
