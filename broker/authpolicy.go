@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"maps"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker/auth"
 )
@@ -45,9 +44,19 @@ type AuthPolicy struct {
 	// by a reload) is refused everything and disconnected (Recheck).
 	Doors map[string]DoorAuth
 	// DoorKeys, when not nil, counts the configured doors by door group
-	// (DoorGroup: "layer4" or "http") and AuthKey ("" for a door without
-	// files of its own). See Recheck.
+	// (DoorGroup: "layer4" or "http") and DoorSignature (their own files
+	// and allow_anonymous). See Recheck.
 	DoorKeys map[string]map[string]int
+}
+
+// DoorSignature sums up what a door decides about its clients' login: its
+// own password/ACL files (AuthKey) and its own allow_anonymous.
+func DoorSignature(authKey string, allowAnonymous *bool) string {
+	anon := "-"
+	if allowAnonymous != nil {
+		anon = fmt.Sprint(*allowAnonymous)
+	}
+	return authKey + "\x00allow_anonymous=" + anon
 }
 
 // DoorGroup is the kind of handler that serves a door: the layer4 handler
@@ -169,21 +178,23 @@ func (p *AuthPolicy) Credential(c *Client) string {
 // allowed for an anonymous one.
 //
 // Door handlers are new objects after a reload and have no identity that
-// survives it, so a session let in under the broker-wide files (AuthKey
-// "") cannot tell whether its own door now has files of its own: when the
-// doors of its group changed which files they use, it is disconnected.
-// A session of a door with files of its own keeps them by their paths.
+// survives it, so a session cannot tell whether its own door changed its
+// files or allow_anonymous (DoorSignature): when the number of doors of its
+// group with its door's signature changed, or none is left, it is
+// disconnected. (Two doors of a group that swap their settings go
+// unnoticed.)
 func (p *AuthPolicy) Recheck(prev Policy, c *Client, credential string) error {
 	if _, _, ok := p.rules(c); !ok {
 		return fmt.Errorf("%w: the door's password_file or acl_file is no longer configured", ErrNotAuthorized)
 	}
 	if p.DoorKeys != nil {
-		group := DoorGroup(c.Door)
-		if p.DoorKeys[group][c.AuthKey] == 0 {
-			return fmt.Errorf("%w: no door uses the session's password_file or acl_file any more", ErrNotAuthorized)
+		group, sig := DoorGroup(c.Door), DoorSignature(c.AuthKey, c.AllowAnonymous)
+		n := p.DoorKeys[group][sig]
+		if n == 0 {
+			return fmt.Errorf("%w: no door has the session's password_file, acl_file and allow_anonymous any more", ErrNotAuthorized)
 		}
-		if pp, ok := prev.(*AuthPolicy); ok && c.AuthKey == "" && !maps.Equal(pp.DoorKeys[group], p.DoorKeys[group]) {
-			return fmt.Errorf("%w: %s doors changed their own password_file or acl_file", ErrNotAuthorized, group)
+		if pp, ok := prev.(*AuthPolicy); ok && pp.DoorKeys != nil && pp.DoorKeys[group][sig] != n {
+			return fmt.Errorf("%w: %s doors changed their own password_file, acl_file or allow_anonymous", ErrNotAuthorized, group)
 		}
 	}
 	now := p.Credential(c)

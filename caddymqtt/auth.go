@@ -243,9 +243,10 @@ func (a *App) addDoorAuth(key, passwordFile, aclFile string) error {
 	return nil
 }
 
-// addDoorKey records that a door of group (broker.DoorGroup) uses key, so
-// that a reload can tell which sessions' doors changed their files.
-func (a *App) addDoorKey(group, key string) {
+// addDoorKey records a door of group (broker.DoorGroup) with the
+// broker.DoorSignature sig, so that a reload can tell which sessions' doors
+// changed their files or allow_anonymous.
+func (a *App) addDoorKey(group, sig string) {
 	p, ok := a.policy.(*broker.AuthPolicy)
 	if !ok {
 		return
@@ -256,7 +257,7 @@ func (a *App) addDoorKey(group, key string) {
 	if p.DoorKeys[group] == nil {
 		p.DoorKeys[group] = make(map[string]int)
 	}
-	p.DoorKeys[group][key]++
+	p.DoorKeys[group][sig]++
 }
 
 // warnAnonymousUsernames warns about allow_anonymous without any password

@@ -198,8 +198,9 @@ type doorInstance struct{ _ byte }
 // app's policy, under a key made of the files' paths: the policy is swapped
 // in whole on a reload, so the clients of a door keep their key and see the
 // files' new contents, while the sessions of a door that now names other
-// files (or gained or lost files of its own) are disconnected by the
-// reload. group is the door's broker.DoorGroup.
+// files (or gained or lost files of its own, or changed its
+// allow_anonymous) are disconnected by the reload. group is the door's
+// broker.DoorGroup.
 func (o *DoorOptions) ProvisionAuth(app *App, group string) error {
 	o.instance = new(doorInstance)
 	key := ""
@@ -210,7 +211,7 @@ func (o *DoorOptions) ProvisionAuth(app *App, group string) error {
 		}
 	}
 	o.authKey = key
-	app.addDoorKey(group, key)
+	app.addDoorKey(group, broker.DoorSignature(key, o.AllowAnonymous))
 	return nil
 }
 

@@ -568,3 +568,23 @@ func TestBcryptCostOverCapRefusedByValidate(t *testing.T) {
 		t.Fatalf("caddy validate: %v, want an error naming %s:2 and the cost:\n%s", err, pw, out)
 	}
 }
+
+// TestReloadDoorAllowAnonymousOff: a reload that turns a door's own
+// allow_anonymous off disconnects the anonymous sessions that came in
+// through it; anonymous sessions of other doors stay.
+func TestReloadDoorAllowAnonymousOff(t *testing.T) {
+	cfg := CaddyConfig{Ports: freePorts(t)}
+	c := startCaddyWith(t, baseCaddyfile, cfg)
+	ws := c.ConnectV5(t, "ws", "anon-ws")
+	tcp := c.ConnectV5(t, "tcp", "anon-tcp")
+	closed := derive(baseCaddyfile, "http://localhost:{{.HTTP}} {\n\tmqtt /mqtt\n",
+		"http://localhost:{{.HTTP}} {\n\tmqtt /mqtt {\n\t\tallow_anonymous false\n\t}\n")
+	reloadWith(t, c, closed, cfg)
+	waitDisconnect(t, ws, "anonymous session of the door that turned allow_anonymous off", 0x87)
+	if rc := publishReason(t, tcp, "still/here"); rc != 0 || tcp.Lost.Load() {
+		t.Fatalf("anonymous session of another door: publish %#x, lost %v", rc, tcp.Lost.Load())
+	}
+	if rc := tryV5(t, c, "ws", "", ""); rc != 0x87 && rc != 0x86 {
+		t.Errorf("new anonymous client on the closed door: %#x, want refused", rc)
+	}
+}
