@@ -116,8 +116,20 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 	start := time.Now()
 	err := h.b.authenticate(policy, c, password)
 	h.b.observeAuth(cl, time.Since(start))
+	if err == nil {
+		err = h.b.remember(cl.Net.Conn.(*clientConn), cl, policy)
+	}
 	if err != nil {
-		h.refused(cl, c, RefusedAuth, err)
+		if !busy(err) {
+			h.refused(cl, c, RefusedAuth, err)
+		} else {
+			h.b.refuse(cl.Net.Conn.(*clientConn), RefusedLimit)
+			h.b.logBusy(c, err)
+			// Not the credentials' fault: "server busy", closed like
+			// the will refusal below.
+			_ = h.b.srv.SendConnack(cl, packets.ErrServerBusy, false, nil)
+			cl.Stop(packets.ErrServerBusy)
+		}
 		return false
 	}
 	if pk.Connect.WillFlag {

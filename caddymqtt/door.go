@@ -52,6 +52,9 @@ type DoorOptions struct {
 
 	// authKey names this door's files in the app's policy (ProvisionAuth).
 	authKey string
+	// instance identifies this handler, whose connections max_connections
+	// counts (ProvisionAuth).
+	instance *doorInstance
 
 	// QoS 1 and 2 messages written to one client of this door and not yet
 	// acknowledged, at most (an MQTT 5 client's smaller Receive Maximum
@@ -66,7 +69,7 @@ type DoorOptions struct {
 
 // ConnInfo is what the broker is told about a connection of this door.
 func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
-	return broker.ConnInfo{
+	info := broker.ConnInfo{
 		Door:           door,
 		AllowAnonymous: o.AllowAnonymous,
 		Identity:       DoorIdentity(o.UseIdentityAsUsername, o.UseSubjectAsUsername),
@@ -80,6 +83,10 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 			MaxQueuedMessages:   o.MaxQueuedMessages,
 		},
 	}
+	if o.instance != nil { // a typed nil would make every such door one
+		info.Handler = o.instance
+	}
+	return info
 }
 
 // Validate checks the door's options.
@@ -198,20 +205,30 @@ func (a *App) unmarshalConnectionRate(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// doorInstance identifies one door handler of one config: a door's
+// max_connections counts the connections of its own handler, not those of
+// every handler of its kind. (Not zero-sized: pointers to distinct
+// zero-sized values may compare equal.)
+type doorInstance struct{ _ byte }
+
 // ProvisionAuth reads the door's own password_file and acl_file into the
 // app's policy, under a key made of the files' paths: the policy is swapped
 // in whole on a reload, so the clients of a door keep their key and see the
-// files' new contents, while a door that now names other files (or is gone)
-// leaves its old clients without rules until they reconnect.
-func (o *DoorOptions) ProvisionAuth(app *App) error {
-	if o.PasswordFile == "" && o.ACLFile == "" {
-		return nil
-	}
-	key := "password_file=" + absPath(o.PasswordFile) + "\x00acl_file=" + absPath(o.ACLFile)
-	if err := app.addDoorAuth(key, o.PasswordFile, o.ACLFile); err != nil {
-		return err
+// files' new contents, while the sessions of a door that now names other
+// files (or gained or lost files of its own, or changed its
+// allow_anonymous) are disconnected by the reload. group is the door's
+// broker.DoorGroup.
+func (o *DoorOptions) ProvisionAuth(app *App, group string) error {
+	o.instance = new(doorInstance)
+	key := ""
+	if o.PasswordFile != "" || o.ACLFile != "" {
+		key = "password_file=" + absPath(o.PasswordFile) + "\x00acl_file=" + absPath(o.ACLFile)
+		if err := app.addDoorAuth(key, o.PasswordFile, o.ACLFile); err != nil {
+			return err
+		}
 	}
 	o.authKey = key
+	app.addDoorKey(group, broker.DoorSignature(key, o.AllowAnonymous))
 	return nil
 }
 

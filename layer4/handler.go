@@ -49,7 +49,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	return h.DoorOptions.ProvisionAuth(h.app)
+	return h.DoorOptions.ProvisionAuth(h.app, broker.DoorGroup(broker.DoorTCP))
 }
 
 // Handle serves the MQTT session. The layer4 server closes the connection
