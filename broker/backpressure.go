@@ -2,6 +2,7 @@ package broker
 
 import (
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -34,11 +35,15 @@ const (
 	maxWait    = 2 * time.Second
 )
 
-// roomState is a connection's side of backpressure, guarded by its wmu.
+// roomState is a connection's side of backpressure, guarded by its wmu
+// (publishing is atomic).
 type roomState struct {
 	room     chan struct{} // closed when there is room; nil when nobody waits
 	slow     bool          // not waited for until the queues drain
 	progress time.Time     // the last write to the client or acknowledgement
+	// publishing: the read loop is delivering a publish of the client's
+	// own (backpressureHook).
+	publishing atomic.Bool
 }
 
 // backlog returns the QoS 1/2 messages waiting for the window and the
@@ -92,7 +97,7 @@ func (c *clientConn) wakeWaiters() {
 func (c *clientConn) awaitRoom() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.room.slow || c.publishing.Load() || !c.congested() {
+	if c.room.slow || c.room.publishing.Load() || !c.congested() {
 		return
 	}
 	start := time.Now()
@@ -176,14 +181,14 @@ func (h *backpressureHook) Provides(b byte) bool {
 
 func (h *backpressureHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
-		cc.publishing.Store(true)
+		cc.room.publishing.Store(true)
 	}
 	return pk, nil
 }
 
 func (h *backpressureHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok && pk.FixedHeader.Type == packets.Publish {
-		cc.publishing.Store(false)
+		cc.room.publishing.Store(false)
 	}
 }
 

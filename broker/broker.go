@@ -225,8 +225,9 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if info.Door == "" {
 		return errors.New("mqtt: connection without a door")
 	}
-	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout, broker: b,
-		ids: new(inboundIDs), sent: new(sentIDs)}
+	cc := &clientConn{Conn: conn, info: info, broker: b,
+		writeQueue:   writeQueue{writeTimeout: b.opts.WriteTimeout},
+		sessionState: sessionState{ids: new(inboundIDs), sent: new(sentIDs)}}
 	defer cc.releaseID() // see takeover.go
 	// Every connection's byte stream goes through the packet framing check:
 	// it applies the door's own size limit, and it rejects a remaining
@@ -424,49 +425,17 @@ type clientConn struct {
 	broker      *Broker
 	client      atomic.Pointer[Client]
 	established atomic.Bool
-	// writeTimeout bounds every write to the client (see write).
-	writeTimeout time.Duration
-	unlockID     func() // see takeover.go
-	subscribing  subscribing
+	unlockID    func() // see takeover.go
+	subscribing subscribing
 
-	// The write path (writer.go). wmu guards everything up to writeCap.
-	wmu     sync.Mutex
-	holding bool   // storage.go: acknowledgements wait until stored
-	held    []byte // written while holding
-	out     []byte // waiting for the writer goroutine
-	outN    int    // packets in out
-	busyN   int    // packets the writer is writing now
-	writing bool   // a writer goroutine runs
-	werr    error  // the write that failed; the connection is closed
-	closing bool   // Close has begun: nothing more is taken
-	// From session establishment to the CONNACK (beforeConnack).
-	awaitConnack bool
-	early        []byte
-	flushed      sync.Cond
-	// Outgoing flow control (flow.go), set up at CONNECT.
-	flow  *outFlow
-	mochi *mqtt.Client
-	// writeCap bounds every write deadline once shutdown starts (unix ns).
-	writeCap atomic.Int64
-	// setupDone ends sizeWriteBuffer's hold; Serve's goroutine only.
-	setupDone func()
-
-	resend resendOrder // storage.go
-
-	// The session's packet identifiers (packetids.go) and the queued
-	// messages written to the client and not yet acknowledged (flow.go):
-	// a resumed session carries them over from its previous connection.
-	ids     *inboundIDs
-	sent    *sentIDs
-	session atomic.Uint32 // sessionStart, from OnSessionEstablish to the CONNACK
-
-	room       roomState   // backpressure.go
-	publishing atomic.Bool // backpressure.go
-	feed       feedState   // retained.go
-
-	m connMetrics // metrics.go
-
-	authed atomic.Pointer[authed] // recheck.go
+	writeQueue                          // writer.go; its wmu also guards flowState and room
+	flowState                           // flow.go
+	room         roomState              // backpressure.go
+	resend       resendOrder            // storage.go
+	sessionState                        // session.go
+	feed         feedState              // retained.go
+	m            connMetrics            // metrics.go
+	authed       atomic.Pointer[authed] // recheck.go
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

@@ -44,6 +44,13 @@ type outFlow struct {
 	partial  []byte              // the start of a packet split across writes
 }
 
+// flowState is a connection's outgoing flow control, set up at CONNECT and
+// guarded by the connection's wmu.
+type flowState struct {
+	flow  *outFlow
+	mochi *mqtt.Client
+}
+
 // queuedPublish is an encoded PUBLISH waiting for the window.
 type queuedPublish struct {
 	id uint16

@@ -40,6 +40,17 @@ func (h *sessionHook) Provides(b byte) bool {
 	return b == mqtt.OnSessionEstablish || b == mqtt.OnPacketEncode
 }
 
+// sessionState is what a connection's session carries over from the
+// previous connection when it is resumed: the client's packet identifiers
+// (packetids.go) and which queued messages were written and not
+// acknowledged (flow.go); and what OnSessionEstablish decided, until the
+// CONNACK.
+type sessionState struct {
+	ids    *inboundIDs
+	sent   *sentIDs
+	resume atomic.Uint32 // a sessionStart
+}
+
 // sessionStart is what OnSessionEstablish decided for a connection.
 type sessionStart uint8
 
@@ -58,14 +69,14 @@ func (h *sessionHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	// mochi resumes unless Clean Start, or the old session was an MQTT 3
 	// clean one (inheritClientSession).
 	if !found || pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) {
-		cc.session.Store(uint32(sessionNew))
+		cc.resume.Store(uint32(sessionNew))
 		return
 	}
 	if !persistentSession(existing) || !h.sameOwner(existing, cc) {
-		cc.session.Store(uint32(sessionRefused))
+		cc.resume.Store(uint32(sessionRefused))
 		return
 	}
-	cc.session.Store(uint32(sessionResumed))
+	cc.resume.Store(uint32(sessionResumed))
 	if old, ok := existing.Net.Conn.(*clientConn); ok {
 		// The session's identifiers and what was sent of its queue
 		// carry over to this connection.
@@ -104,7 +115,7 @@ func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 	if !ok {
 		return pk
 	}
-	switch sessionStart(cc.session.Swap(uint32(sessionNew))) {
+	switch sessionStart(cc.resume.Swap(uint32(sessionNew))) {
 	case sessionRefused:
 		// What mochi handed over belongs to someone else, or to a
 		// session that has ended: drop it, storage included, as mochi

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -23,6 +25,31 @@ import (
 // writes that buffer out. The buffer is bounded: QoS 1/2 publishes are
 // limited by the window, QoS 0 ones are dropped once max_queued_messages
 // packets wait, and everything else is a bounded number of acknowledgements.
+
+// writeQueue is a connection's write path. wmu guards it, and the flow
+// control (flowState) and backpressure (roomState) that decide what enters it.
+type writeQueue struct {
+	wmu     sync.Mutex
+	holding bool   // storage.go: acknowledgements wait until stored
+	held    []byte // written while holding
+	out     []byte // waiting for the writer goroutine
+	outN    int    // packets in out
+	busyN   int    // packets the writer is writing now
+	writing bool   // a writer goroutine runs
+	werr    error  // the write that failed; the connection is closed
+	closing bool   // Close has begun: nothing more is taken
+	// From session establishment to the CONNACK (beforeConnack).
+	awaitConnack bool
+	early        []byte
+	flushed      sync.Cond
+
+	// writeTimeout bounds every write to the client (see write).
+	writeTimeout time.Duration
+	// writeCap bounds every write deadline once shutdown starts (unix ns).
+	writeCap atomic.Int64
+	// setupDone ends sizeWriteBuffer's hold; Serve's goroutine only.
+	setupDone func()
+}
 
 // maxRepliesWaiting is how many packets beyond what flow control allows
 // may wait to be written before the client counts as not reading.
