@@ -420,7 +420,7 @@ func TestDashboard(t *testing.T) {
 	// A page of a user whose ACL refuses a topic shows the v5 reason code.
 	b.do("open", map[string]any{"name": "c", "url": pageURL}, nil)
 	b.login("c", "limited", "limited-secret")
-	b.waitText("c", "#sub-result", "following async-mqtt/#", 10*time.Second)
+	b.waitText("c", "#sub-result", "Not allowed to read # (0x87 Not authorized). Following async-mqtt/#.", 10*time.Second)
 	b.waitText("c", "#sys-note", "Not allowed to read $SYS (0x87 Not authorized)", 10*time.Second)
 	b.do("fill", map[string]any{"name": "c", "selector": "#pub-topic", "value": "sensors/kitchen/temperature"}, nil)
 	b.do("fill", map[string]any{"name": "c", "selector": "#pub-payload", "value": "99"}, nil)

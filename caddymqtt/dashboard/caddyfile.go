@@ -28,6 +28,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		websocket_path <path or ws(s):// URL>
 //		title <text>
 //		device_prefix <topic prefix>
+//		subscribe <filters...>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -36,6 +37,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		opt := d.Val()
+		if opt == "subscribe" {
+			filters := d.RemainingArgs()
+			if len(filters) == 0 {
+				return d.ArgErr()
+			}
+			for _, f := range filters {
+				if err := checkFilter(f); err != nil {
+					return d.Errf("%v", err)
+				}
+			}
+			h.Subscribe = append(h.Subscribe, filters...)
+			continue
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}

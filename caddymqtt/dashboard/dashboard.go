@@ -56,6 +56,13 @@ type Handler struct {
 	// <prefix>_tic. Default "async-mqtt/ESP8266".
 	DevicePrefix string `json:"device_prefix,omitempty"`
 
+	// The topic filters the page subscribes to after logging in, besides
+	// $SYS/# for the broker panel. Default ["#"], every topic. A filter
+	// the user's ACL refuses is reported on the page; when all of them
+	// are refused, the page falls back to the device's topics (the first
+	// level of device_prefix, e.g. "async-mqtt/#").
+	Subscribe []string `json:"subscribe,omitempty"`
+
 	files map[string]file
 }
 
@@ -85,6 +92,9 @@ func (h *Handler) Provision(caddy.Context) error {
 	if h.DevicePrefix == "" {
 		h.DevicePrefix = "async-mqtt/ESP8266"
 	}
+	if len(h.Subscribe) == 0 {
+		h.Subscribe = []string{"#"}
+	}
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -103,6 +113,11 @@ func (h *Handler) Validate() error {
 	if strings.ContainsAny(h.DevicePrefix, "+#\x00") {
 		return fmt.Errorf("device_prefix %q: a topic prefix holds no wildcard (+, #) and no NUL", h.DevicePrefix)
 	}
+	for _, f := range h.Subscribe {
+		if err := checkFilter(f); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -118,9 +133,27 @@ func checkWebSocketPath(p string) error {
 	return nil
 }
 
+// checkFilter checks a topic filter's shape [MQTT-4.7.1-1] [MQTT-4.7.1-2]
+// [MQTT-4.7.3-1]: not empty, no NUL, "#" only as the whole last level and
+// "+" only as a whole level. Filters are joined with spaces for the page,
+// so they hold no space either.
+func checkFilter(f string) error {
+	bad := f == "" || strings.ContainsAny(f, "\x00 ")
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if (strings.Contains(l, "#") && (l != "#" || i != len(levels)-1)) || (strings.Contains(l, "+") && l != "+") {
+			bad = true
+		}
+	}
+	if bad {
+		return fmt.Errorf("subscribe %q: not a valid topic filter (or it holds a space)", f)
+	}
+	return nil
+}
+
 // pageConfig is what index.html is rendered with.
 type pageConfig struct {
-	Title, WebSocketPath, DevicePrefix string
+	Title, WebSocketPath, DevicePrefix, Subscribe string
 }
 
 var contentTypes = map[string]string{
@@ -159,7 +192,7 @@ func (h *Handler) render() (map[string]file, error) {
 				return err
 			}
 			var b bytes.Buffer
-			if err := tmpl.Execute(&b, pageConfig{h.Title, h.WebSocketPath, h.DevicePrefix}); err != nil {
+			if err := tmpl.Execute(&b, pageConfig{h.Title, h.WebSocketPath, h.DevicePrefix, strings.Join(h.Subscribe, " ")}); err != nil {
 				return err
 			}
 			body = b.Bytes()

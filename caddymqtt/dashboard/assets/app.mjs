@@ -145,21 +145,29 @@ function subscribeFilter(c, filter, onDone) {
   });
 }
 
-// subscribeDefaults asks for everything ("#") and $SYS; an ACL that refuses
-// "#" still lets the page follow the device, if it allows that.
+// subscribeDefaults subscribes to the configured filters (default "#") and
+// $SYS; when the ACL refuses every filter, it still follows the device, if
+// the ACL allows that.
 function subscribeDefaults(c) {
-  subscribeFilter(c, '#', (ok) => {
-    if (ok) {
-      setText('sub-result', 'Subscribed to # (every topic).');
-      return;
-    }
-    const f = deviceFilter(cfg.devicePrefix);
-    subscribeFilter(c, f, (ok2, why2) => {
-      setText('sub-result', ok2
-        ? `Not allowed to read every topic (#); following ${f}.`
-        : `Not allowed to read # or ${f} (${why2}).`);
+  const filters = (cfg.subscribe || '#').split(' ').filter(Boolean);
+  const granted = [];
+  const refused = [];
+  let pending = filters.length;
+  for (const f of filters) {
+    subscribeFilter(c, f, (ok, why) => {
+      (ok ? granted : refused).push(ok ? f : `${f} (${why})`);
+      if (--pending > 0) return;
+      const lines = [];
+      if (granted.length) lines.push(`Subscribed to ${granted.join(', ')}.`);
+      if (refused.length) lines.push(`Not allowed to read ${refused.join(', ')}.`);
+      setText('sub-result', lines.join(' '));
+      if (granted.length) return;
+      const df = deviceFilter(cfg.devicePrefix);
+      subscribeFilter(c, df, (ok2, why2) => {
+        setText('sub-result', lines.join(' ') + (ok2 ? ` Following ${df}.` : ` Not allowed to read ${df} either (${why2}).`));
+      });
     });
-  });
+  }
   subscribeFilter(c, '$SYS/#', (ok, why) => {
     sys.allowed = ok;
     if (!ok) {
