@@ -287,6 +287,10 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("Content-Security-Policy %q", csp)
 	}
 
+	// Anonymous clients are not allowed here: the page says so.
+	b.do("click", map[string]any{"name": "a", "selector": "#anonymous-button"}, nil)
+	b.waitText("a", "#login-error", "Login refused: 0x8", 20*time.Second)
+
 	// A wrong password shows the broker's refusal and keeps the form.
 	b.do("fill", map[string]any{"name": "a", "selector": "#username", "value": "web"}, nil)
 	b.do("fill", map[string]any{"name": "a", "selector": "#password", "value": "wrong"}, nil)
@@ -470,4 +474,42 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("page %s threw:\n%s", p, logs)
 		}
 	}
+}
+
+// TestDashboardAnonymous is the page's read-only public view: anonymous
+// clients allowed, with an ACL that lets them read the device's topics and
+// nothing else. "Continue without login" shows the device's retained state;
+// switching the LED is refused by the broker with its reason code, and the
+// page keeps showing the device's state, not the wish. (Where anonymous
+// clients are not allowed, TestDashboard checks that the page says so.)
+func TestDashboardAnonymous(t *testing.T) {
+	chromium := requireChromium(t)
+	needTool(t, "mosquitto_pub")
+	dir := t.TempDir()
+	aclfile := filepath.Join(dir, "acl")
+	writeFile(t, aclfile, "topic read async-mqtt/#\n\nuser tools\ntopic readwrite #\n")
+	pwfile := filepath.Join(dir, "passwd")
+	writeFile(t, pwfile, "tools:"+hashPassword(t, "tools-secret")+"\n")
+	c := startCaddyWith(t, dashboardCaddyfile, CaddyConfig{Ports: freePorts(t), Extra: fmt.Sprintf(
+		"password_file %s\n\t\tacl_file %s", pwfile, aclfile)})
+	tcp := []string{"-h", "127.0.0.1", "-p", fmt.Sprint(c.Ports.TCP), "-u", "tools", "-P", "tools-secret"}
+	if out, err := exec.Command("mosquitto_pub", append([]string{"-t", "async-mqtt/ESP8266/led/state", "-m", "on", "-q", "1", "-r"}, tcp...)...).CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, out)
+	}
+
+	b := startBrowser(t, chromium, trustStore(t, c))
+	b.do("open", map[string]any{"name": "anon", "url": fmt.Sprintf("https://localhost:%d/", c.Ports.HTTPS)}, nil)
+	b.do("click", map[string]any{"name": "anon", "selector": "#anonymous-button"}, nil)
+	b.do("waitVisible", map[string]any{"name": "anon", "selector": "#main", "timeout": 20000}, nil)
+	b.waitText("anon", "#whoami", "anonymous", 5*time.Second)
+	b.waitText("anon", "#sub-result", "Not allowed to read # (0x87 Not authorized). Following async-mqtt/#.", 10*time.Second)
+	b.do("waitChecked", map[string]any{"name": "anon", "selector": "#led", "value": true, "timeout": 10000}, nil)
+	b.do("click", map[string]any{"name": "anon", "selector": "#led"}, nil)
+	b.waitText("anon", "#led-note", "Refused by the broker: 0x87 Not authorized", 10*time.Second)
+	var checked bool
+	b.do("eval", map[string]any{"name": "anon", "expr": "document.getElementById('led').checked"}, &checked)
+	if !checked {
+		t.Error("the switch moved although the broker refused the command")
+	}
+
 }
