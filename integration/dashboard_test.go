@@ -348,9 +348,10 @@ func TestDashboard(t *testing.T) {
 	}
 	simDone := make(chan error, 1)
 	go func() { simDone <- simCmd.Wait() }()
+	var simStop sync.Once
+	killSim := func() { simStop.Do(func() { stopSim(); <-simDone }) }
 	defer func() {
-		stopSim()
-		<-simDone
+		killSim()
 		if t.Failed() {
 			t.Logf("simulator:\n%s", tail(simLog.String(), 40))
 		}
@@ -360,6 +361,9 @@ func TestDashboard(t *testing.T) {
 		b.waitText(p, "#led-state", "off", 10*time.Second)
 		b.waitText(p, "#device-messages", "test3", 10*time.Second)
 	}
+	// Its first date/time tick comes 20 s after connecting, 1 s at this
+	// time scale.
+	b.waitText("a", "#device-tick", "Z", 20*time.Second)
 
 	// The LED switch publishes the command; mosquitto_sub over the TLS
 	// door receives it. -d prints the SUBACK, so the click comes after
@@ -467,6 +471,11 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("screenshot %s: %v", shot, err)
 	}
 	t.Logf("screenshot %s: %dx%d, %d bytes", shot, img.Bounds().Dx(), img.Bounds().Dy(), len(data))
+
+	// The device vanishes (SIGKILL, no DISCONNECT): the broker publishes
+	// its will, and the page shows it offline.
+	killSim()
+	b.waitText("b", "#device-status", "offline", 20*time.Second)
 
 	// Nothing went wrong inside the pages.
 	for _, p := range []string{"a", "b", "c"} {
