@@ -442,6 +442,25 @@ func TestDashboard(t *testing.T) {
 	b.waitText("c", "#pub-result", "Published: 0x00 Success", 10*time.Second)
 	b.do("waitChecked", map[string]any{"name": "a", "selector": "#led", "value": false, "timeout": 20000}, nil)
 
+	// The login is remembered for the tab: a reload logs in again by
+	// itself. Logging out forgets it and what the page showed.
+	b.do("reload", map[string]any{"name": "c"}, nil)
+	b.do("waitVisible", map[string]any{"name": "c", "selector": "#main", "timeout": 20000}, nil)
+	b.waitText("c", "#whoami", "limited", 5*time.Second)
+	b.do("click", map[string]any{"name": "c", "selector": "#logout"}, nil)
+	b.do("waitVisible", map[string]any{"name": "c", "selector": "#login", "timeout": 5000}, nil)
+	b.do("eval", map[string]any{"name": "c", "expr": "sessionStorage.getItem('caddy-mqtt-dashboard-login')"}, &stored)
+	if stored != nil {
+		t.Errorf("the login was kept after logging out: %v", stored)
+	}
+	b.login("c", "web", "web-secret")
+	b.waitText("c", "#sub-result", "Subscribed to #.", 10*time.Second)
+	var note string
+	b.do("text", map[string]any{"name": "c", "selector": "#pub-result"}, &note)
+	if note != "" {
+		t.Errorf("after logging in again the page still shows %q", note)
+	}
+
 	// The broker panel charts $SYS for a user allowed to read it.
 	b.waitText("a", "#sys-note", "clients connected", 15*time.Second)
 	b.waitText("a", "#sys-note", "messages/s", 15*time.Second)

@@ -48,6 +48,10 @@ const ops = {
     const resp = await pg.goto(url, { waitUntil: 'load' });
     return { status: resp.status(), headers: resp.headers() };
   },
+  async reload({ name }) {
+    const resp = await page(name).reload({ waitUntil: 'load' });
+    return resp.status();
+  },
   async fill({ name, selector, value }) {
     await page(name).fill(selector, value);
     return true;

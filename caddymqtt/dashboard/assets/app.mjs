@@ -17,12 +17,18 @@ const MAX_CHARTED = 50; // numeric topics whose history is kept
 let client = null;
 let tree = new TopicTree();
 let series = new Map(); // topic -> Series
-let sys = { series: new Series(300), clients: null, rate: new Rate(), lastRate: null, allowed: null };
+let sys = newSys();
 let dirty = false;
 let numericTopicsKnown = new Set();
 let chart = null;
 let sysChart = null;
 let ledState = null;
+
+// sys is the broker panel's state: connected clients and the rate of
+// messages received, one point per $SYS interval.
+function newSys() {
+  return { series: new Series(300, 2), clients: null, rate: new Rate(), lastRate: null };
+}
 
 function setText(id, text) {
   $(id).textContent = text;
@@ -54,15 +60,37 @@ function savedLogin() {
   }
 }
 
+// resetView forgets everything a previous login showed.
+function resetView() {
+  tree = new TopicTree();
+  series = new Map();
+  numericTopicsKnown = new Set();
+  sys = newSys();
+  ledState = null;
+  dirty = true;
+  const sel = $('chart-topic');
+  sel.replaceChildren(new Option('(none seen yet)', ''));
+  chart?.setData([[], []]);
+  sysChart?.setData([[], [], []]);
+  setText('sys-note', 'Waiting for $SYS…');
+  setText('sub-result', '');
+  setText('pub-result', '');
+  const st = $('device-status');
+  st.dataset.state = 'unknown';
+  st.textContent = 'unknown';
+  setText('device-tick', '–');
+  $('device-messages').replaceChildren();
+  $('led').checked = false;
+  $('led').indeterminate = false;
+  setText('led-state', 'unknown');
+  setText('led-note', '');
+}
+
 function start(login, remember) {
   if (client) {
     client.end(true);
   }
-  tree = new TopicTree();
-  series = new Map();
-  numericTopicsKnown = new Set();
-  sys = { series: new Series(300), clients: null, rate: new Rate(), lastRate: null, allowed: null };
-  ledState = null;
+  resetView();
   $('login-button').disabled = true;
   $('anonymous-button').disabled = true;
   setText('login-error', '');
@@ -169,7 +197,6 @@ function subscribeDefaults(c) {
     });
   }
   subscribeFilter(c, '$SYS/#', (ok, why) => {
-    sys.allowed = ok;
     if (!ok) {
       setText('sys-note', `Not allowed to read $SYS (${why}).`);
     }
@@ -243,22 +270,18 @@ function onSys(topic, entry, now) {
   if (entry.number === null) return;
   if (topic === SYS.clients) {
     sys.clients = entry.number;
-  } else if (topic === SYS.received) {
-    const r = sys.rate.push(now, entry.number);
-    if (r !== null) sys.lastRate = r;
-  } else {
     return;
   }
-  if (sys.clients === null) return;
-  sys.series.push(now, sys.clients);
-  sys.series.ys2 ??= [];
-  sys.series.ys2.push(sys.lastRate);
-  if (sys.series.ys2.length > sys.series.length) {
-    sys.series.ys2.splice(0, sys.series.ys2.length - sys.series.length);
-  }
-  setText('sys-note', `${sys.clients} clients connected` +
+  if (topic !== SYS.received) return;
+  // One point per $SYS interval, when the message counter arrives (the
+  // broker publishes its $SYS topics in no fixed order, so the client count
+  // may be the previous interval's).
+  const r = sys.rate.push(now, entry.number);
+  if (r !== null) sys.lastRate = r;
+  sys.series.push(now, sys.clients, r);
+  setText('sys-note', `${sys.clients ?? '?'} clients connected` +
     (sys.lastRate === null ? '' : `, ${sys.lastRate.toFixed(1)} messages/s received`));
-  sysChart?.setData([sys.series.xs, sys.series.ys, sys.series.ys2]);
+  sysChart?.setData(sys.series.data());
 }
 
 // ---- topic tree --------------------------------------------------------

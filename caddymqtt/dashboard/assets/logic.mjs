@@ -210,21 +210,23 @@ export function truncate(text, max) {
   return cps.slice(0, Math.max(0, max - 1)).join('') + '…';
 }
 
-/** A Series keeps the last `cap` (time, value) points of a numeric topic,
- * in the column form uPlot draws: [[seconds...], [values...]]. */
+/** A Series keeps the last `cap` points of one or more values over time,
+ * in the column form uPlot draws: [[seconds...], [values...], ...]. A
+ * missing value is null (a gap in the line). */
 export class Series {
-  constructor(cap = 300) {
+  constructor(cap = 300, columns = 1) {
     this.cap = cap;
     this.xs = [];
-    this.ys = [];
+    this.cols = Array.from({ length: columns }, () => []);
   }
 
-  push(tMs, v) {
+  push(tMs, ...values) {
     this.xs.push(tMs / 1000);
-    this.ys.push(v);
+    this.cols.forEach((c, i) => c.push(values[i] ?? null));
     if (this.xs.length > this.cap) {
-      this.xs.splice(0, this.xs.length - this.cap);
-      this.ys.splice(0, this.ys.length - this.cap);
+      const drop = this.xs.length - this.cap;
+      this.xs.splice(0, drop);
+      this.cols.forEach((c) => c.splice(0, drop));
     }
   }
 
@@ -233,7 +235,7 @@ export class Series {
   }
 
   data() {
-    return [this.xs, this.ys];
+    return [this.xs, ...this.cols];
   }
 }
 

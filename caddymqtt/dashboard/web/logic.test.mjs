@@ -115,6 +115,14 @@ test('a series keeps the last points, in seconds', () => {
   assert.deepEqual(s.data(), [[3, 4, 5], [30, 40, 50]]);
 });
 
+test('a series of several values keeps its columns aligned; missing is null', () => {
+  const s = new Series(2, 2);
+  s.push(1000, 1, 10);
+  s.push(2000, 2);
+  s.push(3000, undefined, 30);
+  assert.deepEqual(s.data(), [[2, 3], [2, null], [null, 30]]);
+});
+
 test('a rate differentiates a counter and starts over when it goes down', () => {
   const r = new Rate();
   assert.equal(r.push(0, 100), null);
