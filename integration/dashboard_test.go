@@ -283,7 +283,8 @@ func TestDashboard(t *testing.T) {
 	if opened.Status != 200 {
 		t.Fatalf("GET %s: status %d", pageURL, opened.Status)
 	}
-	if csp := opened.Headers["content-security-policy"]; !strings.Contains(csp, "frame-ancestors 'none'") || !strings.Contains(csp, "script-src 'self'") {
+	if csp := opened.Headers["content-security-policy"]; !strings.Contains(csp, "frame-ancestors 'none'") || !strings.Contains(csp, "script-src 'self'") ||
+		!strings.Contains(csp, fmt.Sprintf("connect-src 'self' wss://localhost:%d;", c.Ports.HTTPS)) {
 		t.Errorf("Content-Security-Policy %q", csp)
 	}
 

@@ -215,11 +215,19 @@ func (h *Handler) render() (map[string]file, error) {
 // contentSecurityPolicy keeps the page to its own files: no inline script,
 // no third-party origin, and no framing (a framed page could be clicked
 // into switching devices). connect-src 'self' covers ws:// and wss:// to
-// the page's own host (CSP level 3).
-func (h *Handler) contentSecurityPolicy() string {
+// the page's own host in CSP level 3; browsers that predate it need the
+// WebSocket origin spelled out, which is the request's own host (only
+// when it is a plain host[:port], so nothing else enters the header).
+func (h *Handler) contentSecurityPolicy(r *http.Request) string {
 	connect := "'self'"
 	if u, err := url.Parse(h.WebSocketPath); err == nil && u.Host != "" {
 		connect += " " + u.Scheme + "://" + u.Host
+	} else if plainHost(r.Host) {
+		scheme := "ws://"
+		if r.TLS != nil {
+			scheme = "wss://"
+		}
+		connect += " " + scheme + r.Host
 	}
 	// uPlot sizes its canvas and legend through style attributes. MQTT.js
 	// runs its keepalive timer in a Worker made from a blob: URL (timers in
@@ -227,6 +235,20 @@ func (h *Handler) contentSecurityPolicy() string {
 	// miss the keepalive); only the page's own scripts can make one.
 	return "default-src 'none'; script-src 'self'; worker-src blob:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " +
 		"connect-src " + connect + "; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}
+
+// plainHost reports whether host is a non-empty host name or address with
+// an optional port, made of nothing but [A-Za-z0-9.:[]-].
+func plainHost(host string) bool {
+	if host == "" || len(host) > 255 {
+		return false
+	}
+	for _, c := range host {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".:[]-", c)) {
+			return false
+		}
+	}
+	return true
 }
 
 // ServeHTTP serves the page at "/" (and "/index.html") and its files by
@@ -249,7 +271,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Referrer-Policy", "no-referrer")
 	if name == "/" {
-		hdr.Set("Content-Security-Policy", h.contentSecurityPolicy())
+		hdr.Set("Content-Security-Policy", h.contentSecurityPolicy(r))
 		hdr.Set("X-Frame-Options", "DENY")
 	}
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(f.body))

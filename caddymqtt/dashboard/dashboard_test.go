@@ -58,6 +58,17 @@ func TestServesPageAndAssets(t *testing.T) {
 			t.Errorf("CSP %q lacks %s", csp, want)
 		}
 	}
+	// httptest's request is for example.com over plain HTTP.
+	if !strings.Contains(csp, "connect-src 'self' ws://example.com;") {
+		t.Errorf("CSP %q does not name the page's own WebSocket origin", csp)
+	}
+	for _, host := range []string{"evil.example; script-src *", "a b", ""} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = host
+		if csp := h.contentSecurityPolicy(r); !strings.Contains(csp, "connect-src 'self'; ") {
+			t.Errorf("Host %q: CSP %q", host, csp)
+		}
+	}
 	if page.Header().Get("X-Frame-Options") != "DENY" || page.Header().Get("X-Content-Type-Options") != "nosniff" {
 		t.Errorf("headers %v", page.Header())
 	}
