@@ -50,6 +50,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Subscribe = append(h.Subscribe, filters...)
 			continue
 		}
+		switch opt {
+		case "websocket_path", "title", "device_prefix":
+		default:
+			return d.Errf("unknown mqtt_dashboard option '%s'", opt)
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
@@ -70,8 +75,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.Validate(); err != nil {
 				return d.Errf("%v", err)
 			}
-		default:
-			return d.Errf("unknown mqtt_dashboard option '%s'", opt)
 		}
 	}
 	return nil

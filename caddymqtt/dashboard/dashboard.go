@@ -127,7 +127,8 @@ func checkWebSocketPath(p string) error {
 		return nil
 	}
 	u, err := url.Parse(p)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+	// The host goes into the page's CSP header: a plain host[:port] only.
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || !plainHost(u.Host) || u.User != nil {
 		return fmt.Errorf("websocket_path %q: want a path such as /mqtt or a ws:// or wss:// URL", p)
 	}
 	return nil

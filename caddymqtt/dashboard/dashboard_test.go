@@ -141,6 +141,8 @@ func TestValidate(t *testing.T) {
 		{WebSocketPath: "//evil.example/mqtt"},
 		{WebSocketPath: "https://x/mqtt"},
 		{WebSocketPath: "wss:///mqtt"},
+		{WebSocketPath: "wss://a;script-src*/mqtt"},
+		{WebSocketPath: "wss://user:pw@host/mqtt"},
 		{DevicePrefix: "a/+/b"},
 		{DevicePrefix: "a/#"},
 		{Subscribe: []string{""}},
@@ -178,12 +180,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		"mqtt_dashboard {\n\twebsocket_path http://x/mqtt\n}",
 		"mqtt_dashboard {\n\tdevice_prefix a/#\n}",
 		"mqtt_dashboard {\n\tcolour blue\n}",
+		"mqtt_dashboard {\n\tcolour\n}",
 		"mqtt_dashboard {\n\tsubscribe\n}",
 		"mqtt_dashboard {\n\tsubscribe a/#/b\n}",
 	} {
 		var h Handler
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad))
-		if err == nil || !strings.Contains(err.Error(), "Testfile:") {
+		if err == nil || !strings.Contains(err.Error(), "Testfile:") ||
+			(strings.Contains(bad, "colour") && !strings.Contains(err.Error(), "unknown mqtt_dashboard option 'colour'")) {
 			t.Errorf("%q: %v, want an error naming the line", bad, err)
 		}
 	}
