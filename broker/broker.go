@@ -43,6 +43,21 @@ type ConnInfo struct {
 	// AuthKey names the door's own password file and ACL in the policy
 	// (AuthPolicy.Doors); empty for the broker-wide ones.
 	AuthKey string
+	// Name labels the door in metrics, logs and the admin API when a
+	// config has several doors of one kind; empty: the kind (Door).
+	Name string
+	// Handler identifies the door instance (one handler in the config),
+	// whose connections Limits.MaxConnections counts; it must be
+	// comparable. Nil counts the connection under its Door.
+	Handler any
+}
+
+// limitKey is what the door's max_connections counts the connection under.
+func (i ConnInfo) limitKey() any {
+	if i.Handler != nil {
+		return i.Handler
+	}
+	return i.Door
 }
 
 // Broker is one MQTT broker shared by all doors.
@@ -54,18 +69,22 @@ type Broker struct {
 	policy atomic.Pointer[policyBox]
 	ids    idLocks // see takeover.go
 
-	store     *boltStore    // nil without storage
-	doorKeys  *doorKeys     // nil without storage
-	rate      *rateLimiter  // per client IP; nil when unlimited
-	authSlots chan struct{} // see authslots.go
-	refusals  logLimiter    // see logRefusal
+	store    *boltStore   // nil without storage
+	doorKeys *doorKeys    // nil without storage
+	rate     *rateLimiter // per client IP; nil when unlimited
+	auth     *authGate    // see authslots.go
+	refusals logLimiter   // see logRefusal
+	drops    logLimiter   // see logDrop
+
+	metrics     metrics  // metrics.go
+	warnSampler *sampler // connlog.go
 
 	clientSetup sync.Mutex // see sizeWriteBuffer
 
 	mu        sync.Mutex
 	closing   bool
 	conns     map[*clientConn]struct{}
-	doorConns map[Door]int
+	doorConns map[any]int
 	serving   sync.WaitGroup
 
 	shutdownOnce sync.Once
@@ -101,10 +120,13 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		conns:     make(map[*clientConn]struct{}),
-		doorConns: make(map[Door]int),
+		doorConns: make(map[any]int),
 		rate:      newRateLimiter(opts.MaxConnectionRate, opts.ConnectionRateInterval),
-		authSlots: newAuthSlots(),
+		auth:      newAuthGate(),
 		refusals:  logLimiter{every: 10 * time.Second},
+		drops:     logLimiter{every: time.Minute},
+
+		warnSampler: newSampler(),
 	}
 	if policy == nil {
 		policy = AnonymousPolicy{}
@@ -120,8 +142,20 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
 		return nil, err
 	}
+	if !opts.NoMetrics {
+		if err := b.srv.AddHook(&metricsHook{b: b}, nil); err != nil {
+			return nil, err
+		}
+	}
 	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
 		return nil, err
+	}
+	// Before orderHook: it decides, in OnSessionEstablish, whether there is
+	// a queue to reorder, and sessionHook may discard it first.
+	for _, h := range []mqtt.Hook{&packetIDHook{}, &sessionHook{b: b}, &retainedHook{b: b}, &backpressureHook{}} {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, err
+		}
 	}
 	order := &orderHook{b: b, holdAck: opts.Storage.Enabled()}
 	if err := b.srv.AddHook(order, nil); err != nil {
@@ -156,13 +190,17 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	return b, nil
 }
 
-// SetPolicy makes p the policy in force. Sessions are not touched: every
-// later check uses p. The returned function puts the previous policy back,
-// but only while p is still in force, so a config that is replaced by a newer
-// one cannot undo the newer one's policy.
+// SetPolicy makes p the policy in force: every later check uses p, and live
+// sessions p no longer allows are disconnected (recheck.go). The returned
+// function puts the previous policy back, but only while p is still in
+// force, so a config that is replaced by a newer one cannot undo the newer
+// one's policy.
 func (b *Broker) SetPolicy(p Policy) (restore func()) {
 	box := &policyBox{p}
 	old := b.policy.Swap(box)
+	if old != nil {
+		go b.recheck(old.Policy, p) // see recheck.go
+	}
 	return func() {
 		if old != nil {
 			b.policy.CompareAndSwap(box, old)
@@ -187,7 +225,8 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if info.Door == "" {
 		return errors.New("mqtt: connection without a door")
 	}
-	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout, broker: b}
+	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout, broker: b,
+		ids: new(inboundIDs), sent: new(sentIDs)}
 	defer cc.releaseID() // see takeover.go
 	// Every connection's byte stream goes through the packet framing check:
 	// it applies the door's own size limit, and it rejects a remaining
@@ -197,15 +236,22 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < limit {
 		limit = lim
 	}
-	cc.Conn = &packetLimitConn{Conn: conn, limit: limit}
+	cc.m.door = b.metrics.door(info.Label())
+	wire := conn
+	if !b.opts.NoMetrics {
+		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
+	}
+	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
+			b.refuse(cc, RefusedLimit)
 			b.logRefusal(cc, err)
 		}
 		return err
 	}
 	defer b.release(cc)
+	defer b.connEnded(cc) // metrics.go
 
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
 	// one with the keepalive deadline.
@@ -220,7 +266,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 // admit registers a new connection, unless the broker is shutting down or a
 // limit refuses it.
 func (b *Broker) admit(cc *clientConn) error {
-	if !b.rate.allow(hostOf(cc.RemoteAddr()), time.Now()) {
+	if !b.rate.allow(rateKey(cc.RemoteAddr()), time.Now()) {
 		return ErrRateLimited
 	}
 	b.mu.Lock()
@@ -232,11 +278,11 @@ func (b *Broker) admit(cc *clientConn) error {
 		// Counted before CONNECT, as mosquitto's max_connections counts
 		// sockets: mochi's own limit only counts authenticated clients.
 		return ErrBrokerFull
-	case cc.info.Limits.MaxConnections > 0 && b.doorConns[cc.info.Door] >= cc.info.Limits.MaxConnections:
+	case cc.info.Limits.MaxConnections > 0 && b.doorConns[cc.info.limitKey()] >= cc.info.Limits.MaxConnections:
 		return ErrDoorFull
 	}
 	b.conns[cc] = struct{}{}
-	b.doorConns[cc.info.Door]++
+	b.doorConns[cc.info.limitKey()]++
 	b.serving.Add(1)
 	return nil
 }
@@ -245,7 +291,10 @@ func (b *Broker) admit(cc *clientConn) error {
 func (b *Broker) release(cc *clientConn) {
 	b.mu.Lock()
 	delete(b.conns, cc)
-	b.doorConns[cc.info.Door]--
+	key := cc.info.limitKey()
+	if b.doorConns[key]--; b.doorConns[key] == 0 {
+		delete(b.doorConns, key) // keys of handlers of old configs
+	}
 	b.mu.Unlock()
 	b.serving.Done()
 }
@@ -403,6 +452,21 @@ type clientConn struct {
 	setupDone func()
 
 	resend resendOrder // storage.go
+
+	// The session's packet identifiers (packetids.go) and the queued
+	// messages written to the client and not yet acknowledged (flow.go):
+	// a resumed session carries them over from its previous connection.
+	ids     *inboundIDs
+	sent    *sentIDs
+	session atomic.Uint32 // sessionStart, from OnSessionEstablish to the CONNACK
+
+	room       roomState   // backpressure.go
+	publishing atomic.Bool // backpressure.go
+	feed       feedState   // retained.go
+
+	m connMetrics // metrics.go
+
+	authed atomic.Pointer[authed] // recheck.go
 }
 
 // RemoteAddr reports the client's real address when the door knows it.
