@@ -35,10 +35,11 @@ build() {
 	grep -qx 'layer4.handlers.mqtt' <<<"$modules" || { echo "built caddy lacks caddy-mqtt" >&2; exit 1; }
 }
 
-# stale reports whether ./caddy is older than any Go source or go.mod here.
+# stale reports whether ./caddy is older than any Go source or go.mod here,
+# or than a file the web page embeds.
 stale() {
 	[ ! -x ./caddy ] && return 0
-	[ -n "$(find . -path ./firmware -prune -o \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer ./caddy -print -quit)" ]
+	[ -n "$(find . -path ./firmware -prune -o \( -name '*.go' -o -name go.mod -o -name go.sum -o -path './caddymqtt/dashboard/assets/*' \) -newer ./caddy -print -quit)" ]
 }
 
 cmd="${1:-run}"

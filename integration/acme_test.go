@@ -637,6 +637,24 @@ func TestProductionExample(t *testing.T) {
 	waitLeaf(t, c, ports.TLS, mqttTLS, 60*time.Second)
 	waitLeaf(t, c, ports.HTTPS, &tls.Config{RootCAs: roots, ServerName: "example.test"}, 60*time.Second)
 
+	// The device page is at /devices/, the site's own files elsewhere.
+	web := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", ports.HTTPS))
+		}}}
+	for path, want := range map[string]string{"/devices/": `data-subscribe="devices/#"`, "/": "production page"} {
+		resp, err := web.Get("https://example.test" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %d, want 200 with %q:\n%s", path, resp.StatusCode, want, body)
+		}
+	}
+
 	wconn, _ := dialWSSName(t, "example.test", ports.HTTPS, roots)
 	dashboard := connectV5Over(t, wconn, "wss", "dashboard", withLogin("dashboard", "change-me-too"))
 	dashboard.Subscribe(t, "devices/#", 1)
