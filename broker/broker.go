@@ -89,6 +89,10 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// identifiers bound it anyway.
 	caps.MaximumInflight = math.MaxUint16
 	caps.ReceiveMaximum = opts.ReceiveMaximum
+	// See acks.go: acknowledgements carry no copy of the message's
+	// properties.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	caps.TopicAliasMaximum = uint16(max(opts.TopicAliasMaximum, 0))
 	caps.MaximumMessageExpiryInterval = int64(opts.MaxMessageExpiry / time.Second)
 	if opts.MaxSessionExpiry > 0 {
 		caps.MaximumSessionExpiryInterval = uint32(min(opts.MaxSessionExpiry/time.Second, math.MaxUint32))
@@ -122,6 +126,18 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	}
 	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
 		return nil, err
+	}
+	// Protocol details mochi gets wrong or leaves out, one hook each.
+	for _, hook := range []mqtt.Hook{
+		&ackHook{b: b},          // acks.go
+		&publishCheckHook{b: b}, // publishcheck.go
+		&keepaliveHook{b: b},    // keepalive.go
+		&willPropsHook{},        // will.go
+		newSharedHook(b),        // shared.go
+	} {
+		if err := b.srv.AddHook(hook, nil); err != nil {
+			return nil, err
+		}
 	}
 	order := &orderHook{b: b, holdAck: opts.Storage.Enabled()}
 	if err := b.srv.AddHook(order, nil); err != nil {
@@ -197,7 +213,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < limit {
 		limit = lim
 	}
-	cc.Conn = &packetLimitConn{Conn: conn, limit: limit}
+	cc.Conn = &packetLimitConn{Conn: conn, limit: limit, cc: cc}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
@@ -403,6 +419,10 @@ type clientConn struct {
 	setupDone func()
 
 	resend resendOrder // storage.go
+
+	// refusedPublish is the topic of the MQTT 3 publish being processed
+	// that the ACL refused (publishcheck.go); mochi's read loop only.
+	refusedPublish string
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -24,6 +25,9 @@ type DoorLimits struct {
 	// this door's clients (0: the broker's). See Options and flow.go.
 	MaxInflightMessages int
 	MaxQueuedMessages   int
+	// MaxKeepalive replaces the broker's max_keepalive for this door's
+	// clients (0: the broker's). See Options.MaxKeepalive.
+	MaxKeepalive uint16
 }
 
 // Errors for connections refused by a limit.
@@ -113,6 +117,13 @@ func hostOf(addr net.Addr) string {
 type packetLimitConn struct {
 	net.Conn
 	limit uint32
+	cc    *clientConn
+
+	// Set at CONNECT by keepaliveHook, then read by mochi's read loop only.
+	cl        *mqtt.Client
+	version   byte
+	keepalive uint16
+	tooLarge  uint32 // size of the packet refused for its size
 
 	// Parser state: reading the type byte, the remaining length, or
 	// skipping over the rest of the packet.
@@ -126,7 +137,10 @@ type packetLimitConn struct {
 func (c *packetLimitConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if perr := c.scan(p[:n]); perr != nil {
-		return 0, perr
+		return 0, c.readFailed(perr)
+	}
+	if err != nil {
+		err = c.readFailed(err)
 	}
 	return n, err
 }
@@ -156,6 +170,7 @@ func (c *packetLimitConn) scan(b []byte) error {
 			}
 			c.inLength = false
 			if 1+c.lenBytes+c.length > c.limit {
+				c.tooLarge = 1 + c.lenBytes + c.length
 				return packets.ErrPacketTooLarge
 			}
 			c.remaining = c.length
