@@ -59,6 +59,7 @@ type Broker struct {
 	rate      *rateLimiter  // per client IP; nil when unlimited
 	authSlots chan struct{} // see authslots.go
 	refusals  logLimiter    // see logRefusal
+	drops     logLimiter    // see logDrop
 
 	clientSetup sync.Mutex // see sizeWriteBuffer
 
@@ -109,6 +110,7 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		rate:      newRateLimiter(opts.MaxConnectionRate, opts.ConnectionRateInterval),
 		authSlots: newAuthSlots(),
 		refusals:  logLimiter{every: 10 * time.Second},
+		drops:     logLimiter{every: time.Minute},
 	}
 	if policy == nil {
 		policy = AnonymousPolicy{}
@@ -127,7 +129,16 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
 		return nil, err
 	}
-	// Protocol details mochi gets wrong or leaves out, one hook each.
+	// Before orderHook: it decides, in OnSessionEstablish, whether there is
+	// a queue to reorder, and sessionHook may discard it first.
+	for _, h := range []mqtt.Hook{&packetIDHook{}, &sessionHook{b: b}, &retainedHook{b: b}, &backpressureHook{}} {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, err
+		}
+	}
+	// Protocol details mochi gets wrong or leaves out, one hook each; after
+	// packetIDHook, so that what they write carries mochi's packet
+	// identifiers, which packetIDHook maps back.
 	for _, hook := range []mqtt.Hook{
 		&ackHook{b: b},          // acks.go
 		&publishCheckHook{b: b}, // publishcheck.go
@@ -203,7 +214,8 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if info.Door == "" {
 		return errors.New("mqtt: connection without a door")
 	}
-	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout, broker: b}
+	cc := &clientConn{Conn: conn, info: info, writeTimeout: b.opts.WriteTimeout, broker: b,
+		ids: new(inboundIDs), sent: new(sentIDs)}
 	defer cc.releaseID() // see takeover.go
 	// Every connection's byte stream goes through the packet framing check:
 	// it applies the door's own size limit, and it rejects a remaining
@@ -419,6 +431,17 @@ type clientConn struct {
 	setupDone func()
 
 	resend resendOrder // storage.go
+
+	// The session's packet identifiers (packetids.go) and the queued
+	// messages written to the client and not yet acknowledged (flow.go):
+	// a resumed session carries them over from its previous connection.
+	ids     *inboundIDs
+	sent    *sentIDs
+	session atomic.Uint32 // sessionStart, from OnSessionEstablish to the CONNACK
+
+	room       roomState   // backpressure.go
+	publishing atomic.Bool // backpressure.go
+	feed       feedState   // retained.go
 
 	// refusedPublish is the topic of the MQTT 3 publish being processed
 	// that the ACL refused (publishcheck.go); mochi's read loop only.

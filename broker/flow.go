@@ -2,6 +2,8 @@ package broker
 
 import (
 	"bytes"
+	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +37,7 @@ type outFlow struct {
 	writeMax int // packets waiting to be written before QoS 0 ones are dropped
 
 	inflight map[uint16]struct{} // written, not yet acknowledged
+	sent     *sentIDs            // the same, kept with the session
 	queue    []queuedPublish     // waiting, oldest first, from head on
 	head     int
 	queued   map[uint16]struct{} // packet identifiers in queue[head:]
@@ -47,8 +50,43 @@ type queuedPublish struct {
 	b  []byte
 }
 
-func newOutFlow(window, queueMax int) *outFlow {
-	return &outFlow{window: window, queueMax: queueMax, writeMax: queueMax}
+func newOutFlow(window, queueMax int, sent *sentIDs) *outFlow {
+	if sent == nil {
+		sent = new(sentIDs)
+	}
+	return &outFlow{window: window, queueMax: queueMax, writeMax: queueMax, sent: sent}
+}
+
+// sentIDs are the identifiers of a session's QoS 1/2 messages that were
+// written to the client and not acknowledged. They outlive the connection,
+// so that a resumed session resends those with DUP 1 and sends the ones the
+// client never saw with DUP 0 [MQTT-3.3.1-1] (mochi marks every one of them
+// DUP). After a restart nothing is known of them: all go out with DUP 0.
+type sentIDs struct {
+	mu sync.Mutex
+	m  map[uint16]struct{}
+}
+
+func (s *sentIDs) add(id uint16) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = make(map[uint16]struct{})
+	}
+	s.m[id] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *sentIDs) remove(id uint16) {
+	s.mu.Lock()
+	delete(s.m, id)
+	s.mu.Unlock()
+}
+
+func (s *sentIDs) has(id uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.m[id]
+	return ok
 }
 
 // queueLen is the number of publishes waiting.
@@ -128,6 +166,7 @@ func (f *outFlow) admit(id uint16) bool {
 		f.inflight = make(map[uint16]struct{}, min(f.window, 64))
 	}
 	f.inflight[id] = struct{}{}
+	f.sent.add(id)
 	return true
 }
 
@@ -159,6 +198,7 @@ func (f *outFlow) ack(id uint16) ([]byte, int) {
 		return nil, 0
 	}
 	delete(f.inflight, id)
+	f.sent.remove(id)
 	var out []byte
 	n := 0
 	for len(f.inflight) < f.window && f.queueLen() > 0 {
@@ -167,6 +207,7 @@ func (f *outFlow) ack(id uint16) ([]byte, int) {
 		f.head++
 		delete(f.queued, q.id)
 		f.inflight[q.id] = struct{}{}
+		f.sent.add(q.id)
 		out = append(out, q.b...)
 		n++
 	}
@@ -241,9 +282,16 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if rm := int(pk.Properties.ReceiveMaximum); pk.ProtocolVersion == 5 && rm > 0 {
 		window = min(window, rm)
 	}
-	cc.setFlow(cl, newOutFlow(window, cc.queueLimit(h.b)))
+	cc.setFlow(cl, newOutFlow(window, cc.queueLimit(h.b), cc.sent))
 	cl.Properties.Props.ReceiveMaximum = 0
 	cl.State.Inflight.ResetSendQuota(0)
+	if pk.ProtocolVersion < 5 {
+		// MQTT 3 has no Receive Maximum: mochi applied its MQTT 5 one
+		// (1024 unreleased QoS 2 publishes) and closed the connection of
+		// a client that had more, without a word. Like mosquitto, take
+		// as many as there are packet identifiers.
+		cl.State.Inflight.ResetReceiveQuota(math.MaxUint16)
+	}
 	// No outgoing topic aliases: mochi names a topic once and then sends
 	// only its alias, which holds only while packets go out in the order
 	// mochi made them. QoS 0 messages overtake queued ones and full queues
@@ -309,6 +357,7 @@ func (c *clientConn) queueLimit(b *Broker) int {
 func (c *clientConn) setFlow(cl *mqtt.Client, f *outFlow) {
 	c.wmu.Lock()
 	c.flow, c.mochi = f, cl
+	c.room.progress = time.Now()
 	c.wmu.Unlock()
 }
 
@@ -338,6 +387,7 @@ func (c *clientConn) acked(id uint16) error {
 		return nil
 	}
 	out, n := c.flow.ack(id)
+	c.progressed()
 	if c.holding {
 		c.held = append(c.held, out...)
 		return nil
@@ -385,7 +435,7 @@ const queueFullMsg = "mqtt client queue full, dropping QoS 1/2 messages (max_que
 // logDrop logs dropped messages at most once per interval per client and
 // reason.
 func (b *Broker) logDrop(cl *mqtt.Client, msg string) {
-	if b.refusals.allow(msg+"\x00"+cl.ID, time.Now()) {
+	if b.drops.allow(msg+"\x00"+cl.ID, time.Now()) {
 		b.log.Warn(msg, "client", cl.ID, "username", string(cl.Properties.Username), "door", cl.Net.Listener)
 	}
 }

@@ -83,7 +83,7 @@ func TestOutFlowFilter(t *testing.T) {
 		}
 	}
 	for split := 0; split <= len(stream); split++ {
-		f := newOutFlow(2, 3)
+		f := newOutFlow(2, 3, nil)
 		f.writeMax = 100 // a writer that keeps up
 		out1, n1, d1, q1 := f.filter(stream[:split], 0)
 		out1 = bytes.Clone(out1)
@@ -126,7 +126,7 @@ func TestOutFlowFilter(t *testing.T) {
 // TestOutFlowStaleID: an identifier mochi hands out again while an expired
 // message with it still waits replaces the stale one.
 func TestOutFlowStaleID(t *testing.T) {
-	f := newOutFlow(1, 10)
+	f := newOutFlow(1, 10, nil)
 	for _, p := range [][]byte{
 		encodePublish(t, 1, 1, "t", "a"),
 		encodePublish(t, 2, 1, "t", "old"),
@@ -150,7 +150,7 @@ func TestOutFlowStaleID(t *testing.T) {
 // max_queued_messages packets wait to be written, counting those passed in
 // the same write; acknowledgements and QoS 1 publishes are not dropped.
 func TestOutFlowDropsQoS0WhenWritesWait(t *testing.T) {
-	f := newOutFlow(20, 3)
+	f := newOutFlow(20, 3, nil)
 	var p []byte
 	for i := 0; i < 3; i++ {
 		p = append(p, encodePublish(t, 0, 0, "t", "x")...)
@@ -176,6 +176,17 @@ type rawClient struct {
 
 func dialRaw(t *testing.T, addr string, version byte, id string, clean bool, props packets.Properties) *rawClient {
 	t.Helper()
+	c, pk := dialRawConnect(t, addr, version, packets.ConnectParams{Clean: clean, Keepalive: 60, ClientIdentifier: id}, props)
+	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+		t.Fatalf("connect %s: got %v reason %#x", id, pk.FixedHeader.Type, pk.ReasonCode)
+	}
+	return c
+}
+
+// dialRawConnect connects and returns the client and the broker's answer
+// to the CONNECT.
+func dialRawConnect(t *testing.T, addr string, version byte, cp packets.ConnectParams, props packets.Properties) (*rawClient, packets.Packet) {
+	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -184,16 +195,10 @@ func dialRaw(t *testing.T, addr string, version byte, id string, clean bool, pro
 	c := &rawClient{t: t, conn: conn, r: bufio.NewReader(conn), version: version}
 	c.send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{
-			Clean: clean, Keepalive: 60, ClientIdentifier: id,
-		},
-		Properties: props,
+		Connect:     cp,
+		Properties:  props,
 	})
-	pk := c.read(2 * time.Second)
-	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
-		t.Fatalf("connect %s: got %v reason %#x", id, pk.FixedHeader.Type, pk.ReasonCode)
-	}
-	return c
+	return c, c.read(2 * time.Second)
 }
 
 func (c *rawClient) send(pk packets.Packet) {
@@ -215,6 +220,10 @@ func (c *rawClient) send(pk packets.Packet) {
 		err = pk.PubrecEncode(&buf)
 	case packets.Pubcomp:
 		err = pk.PubcompEncode(&buf)
+	case packets.Pubrel:
+		err = pk.PubrelEncode(&buf)
+	case packets.Unsubscribe:
+		err = pk.UnsubscribeEncode(&buf)
 	case packets.Disconnect:
 		err = pk.DisconnectEncode(&buf)
 	default:
@@ -272,6 +281,14 @@ func (c *rawClient) read(wait time.Duration) packets.Packet {
 		err = pk.PubrelDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(body)
 	}
 	if err != nil {
 		c.t.Fatalf("decode %v: %v", pk.FixedHeader.Type, err)

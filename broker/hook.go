@@ -183,7 +183,11 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	// A disconnected persistent session queues at most max_queued_messages
 	// (a connected one is limited by its connection, see flow.go). QoS 0
 	// messages are not kept for it anyway.
-	return !cl.Closed() || !h.b.offlineQueueFull(cl, cc)
+	if cl.Closed() {
+		return !h.b.offlineQueueFull(cl, cc)
+	}
+	cc.awaitRoom() // see backpressure.go
+	return true
 }
 
 // OnSessionEstablish marks the connection as known to mochi, which from now

@@ -363,11 +363,14 @@ func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 		r.started = true
 	}
 	if len(r.queue) == 0 {
+		pk.FixedHeader.Dup = cc.sent.has(pk.PacketID)
 		return pk
 	}
 	next := r.queue[0]
 	r.queue = r.queue[1:]
-	next.FixedHeader.Dup = true
+	// DUP only for what the client may have seen [MQTT-3.3.1-1]: mochi
+	// marks every queued message DUP, also those never sent.
+	next.FixedHeader.Dup = cc.sent.has(next.PacketID)
 	// Keep what WritePacket already set on the packet for this client.
 	next.ProtocolVersion, next.Mods = pk.ProtocolVersion, pk.Mods
 	if next.Expiry > 0 { // as WritePacket does for the packet it was given

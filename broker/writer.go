@@ -24,6 +24,14 @@ import (
 // limited by the window, QoS 0 ones are dropped once max_queued_messages
 // packets wait, and everything else is a bounded number of acknowledgements.
 
+// maxRepliesWaiting is how many packets beyond what flow control allows
+// may wait to be written before the client counts as not reading.
+const maxRepliesWaiting = 1024
+
+// ErrNotReading ends the connection of a client that sends and does not
+// read what the broker answers.
+var ErrNotReading = errors.New("mqtt: client does not read")
+
 // Write takes p for the client, or keeps it while the connection is held
 // (storage.go). It does not wait for the socket.
 func (c *clientConn) Write(p []byte) (int, error) {
@@ -86,6 +94,17 @@ func (c *clientConn) enqueue(b []byte, n int) error {
 	}
 	c.out = append(c.out, b...)
 	c.outN += n
+	if c.flow != nil && c.outN > c.flow.writeMax+c.flow.window+maxRepliesWaiting {
+		// Publishes are bounded by flow control, but a client that sends
+		// and never reads would have its replies (acknowledgements,
+		// SUBACKs, PINGRESPs) buffered without end.
+		c.werr = ErrNotReading
+		c.out, c.outN = nil, 0
+		_ = c.Conn.Close()
+		c.wakeWaiters()
+		c.broker.logDrop(c.mochi, "mqtt client does not read its replies, closing the connection")
+		return c.werr
+	}
 	if !c.writing {
 		c.writing = true
 		go c.writeLoop()
@@ -123,6 +142,9 @@ func (c *clientConn) writeLoop() {
 			c.werr = err
 			c.out, c.outN = nil, 0
 			_ = c.Conn.Close()
+			c.wakeWaiters() // nobody waits for a closed connection
+		} else {
+			c.progressed()
 		}
 		// Two buffers take turns; a large one is not kept.
 		spare = nil
@@ -147,6 +169,7 @@ func (c *clientConn) drain(close bool) {
 	defer c.wmu.Unlock()
 	if close {
 		c.closing = true
+		c.wakeWaiters() // publishers waiting for room go on
 	}
 	if c.flushed.L == nil {
 		c.flushed.L = &c.wmu

@@ -1,0 +1,196 @@
+package broker
+
+import (
+	"reflect"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Backpressure: a publisher waits for a subscriber that reads.
+//
+// mochi acknowledges a publish and hands it to every subscriber at once; a
+// subscriber's messages then wait in its queues (mochi's write buffer, the
+// connection's write buffer, the QoS 1/2 queue behind the in-flight window),
+// and what finds them full is dropped. A publisher is not held back by a
+// subscriber at all, so a publisher faster than a subscriber's round trips
+// (an MQTT.js client with 100 messages in flight against a QoS 1 subscriber
+// with a window of 20) filled the subscriber's queue and lost messages the
+// broker had acknowledged, while the subscriber read as fast as it could.
+//
+// So before mochi hands a message to a connected subscriber whose queues are
+// half full, the delivering goroutine (the publisher's read loop, which then
+// reads nothing more from the publisher: TCP pushes back) waits until there
+// is room again. It waits only for a subscriber that is making progress, and
+// not for long: a subscriber with no write or acknowledgement for
+// stallAfter, or one that kept a publisher waiting maxWait, is marked slow
+// and not waited for again until its queues have drained to a quarter.
+// Messages for a slow subscriber are queued up to its limits and then
+// dropped, as mosquitto does, so a client that reads slowly, or not at all,
+// can delay a publisher by at most maxWait once, not pace the broker.
+const (
+	stallAfter = 200 * time.Millisecond
+	maxWait    = time.Second
+)
+
+// roomState is a connection's side of backpressure, guarded by its wmu.
+type roomState struct {
+	room     chan struct{} // closed when there is room; nil when nobody waits
+	slow     bool          // not waited for until the queues drain
+	progress time.Time     // the last write to the client or acknowledgement
+}
+
+// backlog returns the QoS 1/2 messages waiting for the window and the
+// packets waiting to be written, mochi's write buffer included. Called with
+// wmu held.
+func (c *clientConn) backlog() (queued, writes int) {
+	if c.flow == nil {
+		return 0, 0
+	}
+	return c.flow.queueLen(), c.waiting() + mochiWritesPending(c.mochi)
+}
+
+// congested reports whether the queues are half full. Called with wmu held.
+func (c *clientConn) congested() bool {
+	if c.flow == nil || c.closing || c.werr != nil {
+		return false
+	}
+	q, w := c.backlog()
+	return q >= max(c.flow.queueMax/2, 1) || w >= max(c.flow.writeMax/2, 1)
+}
+
+// progressed records that the client took something, wakes the publishers
+// waiting for room once there is, and ends the slow mark once the queues
+// have drained to a quarter. Called with wmu held.
+func (c *clientConn) progressed() {
+	r := &c.room
+	r.progress = time.Now()
+	if !r.slow && r.room == nil {
+		return
+	}
+	if r.slow && c.flow != nil {
+		if q, w := c.backlog(); q <= c.flow.queueMax/4 && w <= c.flow.writeMax/4 {
+			r.slow = false
+		}
+	}
+	if !c.congested() {
+		c.wakeWaiters()
+	}
+}
+
+// wakeWaiters wakes those waiting for room. Called with wmu held.
+func (c *clientConn) wakeWaiters() {
+	if c.room.room != nil {
+		close(c.room.room)
+		c.room.room = nil
+	}
+}
+
+// awaitRoom waits, as described above, until the connection's queues have
+// room for one more message.
+func (c *clientConn) awaitRoom() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.room.slow || c.publishing.Load() || !c.congested() {
+		return
+	}
+	start := time.Now()
+	for c.congested() {
+		now := time.Now()
+		idle := now.Sub(c.room.progress)
+		if idle >= stallAfter || now.Sub(start) >= maxWait {
+			c.room.slow = true
+			return
+		}
+		if c.room.room == nil {
+			c.room.room = make(chan struct{})
+		}
+		room := c.room.room
+		c.wmu.Unlock()
+		t := time.NewTimer(min(stallAfter-idle, maxWait-now.Sub(start)))
+		select {
+		case <-room:
+		case <-t.C:
+		}
+		t.Stop()
+		c.wmu.Lock()
+	}
+}
+
+// awaitRoomPatiently waits until the queues have room or the connection is
+// closed, however long that takes.
+func (c *clientConn) awaitRoomPatiently() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for c.congested() {
+		if c.room.room == nil {
+			c.room.room = make(chan struct{})
+		}
+		room := c.room.room
+		c.wmu.Unlock()
+		t := time.NewTimer(time.Second) // then look again
+		select {
+		case <-room:
+		case <-t.C:
+		}
+		t.Stop()
+		c.wmu.Lock()
+	}
+}
+
+// mochiWritesPending is the number of packets in mochi's write buffer for
+// cl (the channel its writer goroutine takes from, Client.State.outbound).
+// mochi does not export it; reading a channel's length through reflection
+// changes nothing. See MOCHI.md.
+func mochiWritesPending(cl *mqtt.Client) int {
+	if cl == nil || outboundField == nil {
+		return 0
+	}
+	return reflect.ValueOf(&cl.State).Elem().FieldByIndex(outboundField).Len()
+}
+
+// outboundField is the index of mqtt.ClientState's outbound channel, nil if
+// mochi no longer has one.
+var outboundField = func() []int {
+	f, ok := reflect.TypeFor[mqtt.ClientState]().FieldByName("outbound")
+	if !ok || f.Type.Kind() != reflect.Chan {
+		return nil
+	}
+	return f.Index
+}()
+
+// backpressureHook notes which connections' read loops are busy delivering
+// a publish of their own. Such a connection reads no acknowledgements until
+// the delivery is over, so a publisher must not wait for its queue: two
+// clients publishing to each other would wait for each other.
+type backpressureHook struct {
+	mqtt.HookBase
+}
+
+func (h *backpressureHook) ID() string { return "caddy-mqtt-backpressure" }
+
+func (h *backpressureHook) Provides(b byte) bool {
+	return b == mqtt.OnPublish || b == mqtt.OnPacketProcessed || b == mqtt.OnPublishDropped
+}
+
+func (h *backpressureHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.publishing.Store(true)
+	}
+	return pk, nil
+}
+
+func (h *backpressureHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok && pk.FixedHeader.Type == packets.Publish {
+		cc.publishing.Store(false)
+	}
+}
+
+// OnPublishDropped logs a message mochi dropped because the client's write
+// buffer was full (mochi counts it in $SYS/broker/messages/dropped).
+func (h *backpressureHook) OnPublishDropped(cl *mqtt.Client, _ packets.Packet) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.broker.logDrop(cl, "mqtt client does not read, dropping messages (write buffer full)")
+	}
+}
