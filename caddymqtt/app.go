@@ -119,6 +119,7 @@ type App struct {
 
 	shared   *sharedBroker
 	reloaded bool // the broker was there before this config
+	ctx      caddy.Context
 	policy   broker.Policy
 	restore  func()
 	logger   *zap.Logger
@@ -138,6 +139,7 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 // `caddy validate` opens nothing.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.ctx = ctx
 	opts := a.brokerOptions()
 	val, loaded, err := brokers.LoadOrNew(brokerKey, func() (caddy.Destructor, error) {
 		return &sharedBroker{opts: opts}, nil
@@ -196,6 +198,7 @@ func (a *App) Start() error {
 		a.shared.warnFixedChanges(a.logger, a.brokerOptions())
 	}
 	a.shared.setShutdownTimeout(a.shutdownTimeout())
+	a.logHTTPDoors(a.ctx) // doorlog.go
 	a.restore = b.SetPolicy(a.policy)
 	return nil
 }
