@@ -148,3 +148,27 @@ func TestMaxKeepaliveDoors(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusedReloadWarnsNothing: a reload that fails (here: a password file
+// that does not exist) changes nothing, so it logs no "broker limits
+// changed" warning, while one that goes live does.
+func TestRefusedReloadWarnsNothing(t *testing.T) {
+	c := startCaddy(t, "")
+	cfg := CaddyConfig{Ports: c.Ports, Extra: "max_inflight_messages 5\n\t\tpassword_file /nonexistent/mqtt.passwd"}
+	conf := c.writeConfig(render(t, baseCaddyfile, cfg))
+	out, err := exec.Command(caddyBin, "reload", "--config", conf, "--adapter", "caddyfile",
+		"--address", fmt.Sprintf("127.0.0.1:%d", c.Ports.Admin)).CombinedOutput()
+	if err == nil {
+		t.Fatalf("reload with a missing password file succeeded:\n%s", out)
+	}
+	if strings.Contains(c.Log(), "broker limits changed") {
+		t.Fatalf("a refused reload logged the limits warning:\n%s", tail(c.Log(), 20))
+	}
+	c.Reload(CaddyConfig{Extra: "max_inflight_messages 5"})
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.Log(), "broker limits changed"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("a reload that changed a limit logged no warning:\n%s", tail(c.Log(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
