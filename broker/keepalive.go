@@ -54,6 +54,7 @@ func (h *keepaliveHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		plc.cl = cl
 		plc.version = cl.Properties.ProtocolVersion
 		plc.keepalive = cl.State.Keepalive
+		plc.check = plc.version >= 5 // readcheck.go
 	}
 	return nil
 }
@@ -77,7 +78,10 @@ func (c *packetLimitConn) SetReadDeadline(t time.Time) error {
 func (c *packetLimitConn) readFailed(err error) error {
 	var code packets.Code
 	var ne net.Error
+	var de errDecode
 	switch {
+	case errors.As(err, &de):
+		code = de.code
 	case errors.Is(err, packets.ErrPacketTooLarge):
 		code = packets.ErrPacketTooLarge
 		if c.cc != nil {

@@ -125,6 +125,12 @@ type packetLimitConn struct {
 	keepalive uint16
 	tooLarge  uint32 // size of the packet refused for its size
 
+	// Decoding check of an MQTT 5 client's packets (readcheck.go).
+	check     bool
+	capturing bool
+	typeByte  byte
+	body      []byte
+
 	// Parser state: reading the type byte, the remaining length, or
 	// skipping over the rest of the packet.
 	inLength  bool
@@ -151,10 +157,19 @@ func (c *packetLimitConn) scan(b []byte) error {
 		case c.remaining > 0:
 			skip := min(uint32(len(b)), c.remaining)
 			c.remaining -= skip
+			if c.capturing {
+				c.body = append(c.body, b[:skip]...)
+			}
 			b = b[skip:]
+			if c.remaining == 0 && c.capturing {
+				if err := c.checkPacket(); err != nil {
+					return err
+				}
+			}
 		case !c.inLength:
 			// The type byte of the next packet.
 			c.inLength, c.length, c.shift, c.lenBytes = true, 0, 0, 0
+			c.typeByte = b[0]
 			b = b[1:]
 		default:
 			v := b[0]
@@ -174,6 +189,14 @@ func (c *packetLimitConn) scan(b []byte) error {
 				return packets.ErrPacketTooLarge
 			}
 			c.remaining = c.length
+			// See readcheck.go.
+			c.capturing = c.check && c.length <= maxCheckedPacket
+			c.body = c.body[:0]
+			if c.capturing && c.length == 0 {
+				if err := c.checkPacket(); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil

@@ -113,3 +113,15 @@ func TestMochiCanaryWillPropertiesDropped(t *testing.T) {
 		t.Fatal("mochi now keeps the will's content type")
 	}
 }
+
+// Canary for readcheck.go: mochi closes an MQTT 5 connection whose packet
+// it cannot decode without a DISCONNECT.
+func TestMochiCanaryMalformedNoDisconnect(t *testing.T) {
+	_, addr := bareMochi(t, nil)
+	w := dialWire(t, addr)
+	w.connect(5, "canary-malformed", 30, packets.Properties{})
+	w.hex("32 05 00 09 61 00 01")
+	if got := w.next(3 * time.Second); got != nil {
+		t.Fatalf("mochi now answers a malformed packet: % x", got)
+	}
+}

@@ -528,3 +528,36 @@ func TestSharedSubscriptionTakesTurns(t *testing.T) {
 		t.Fatalf("shares of a topic m3 may not read: %v", counts)
 	}
 }
+
+// TestDecodeErrorsGetDisconnectReason: a packet mochi cannot decode closed
+// an MQTT 5 connection without a word; now the client is told why first.
+func TestDecodeErrorsGetDisconnectReason(t *testing.T) {
+	tb := newTestBroker(t, Options{}, AnonymousPolicy{Allow: true})
+	for _, tc := range []struct {
+		name, send string
+		reason     byte
+	}{
+		{"topic length past the packet", "32 05 00 09 61 00 01", 0x81},
+		{"PUBLISH QoS 3", "36 05 00 01 61 00 01", 0x81},
+		{"PUBREL with wrong flags", "60 02 00 01", 0x81},
+		{"SUBACK from a client", "90 03 00 01 00", 0x82},
+		{"truncated property", "32 07 00 01 61 00 01 05 01", 0x81},
+	} {
+		w := dialWire(t, tb.addr)
+		w.connect(5, "dec", 30, packets.Properties{})
+		w.hex(tc.send)
+		got := w.next(3 * time.Second)
+		if len(got) < 3 || got[0] != 0xe0 || got[2] != tc.reason {
+			t.Errorf("%s: got % x, want DISCONNECT %#x", tc.name, got, tc.reason)
+			continue
+		}
+		if !w.closed(3 * time.Second) {
+			t.Errorf("%s: connection not closed", tc.name)
+		}
+	}
+	// Good packets still flow.
+	w := dialWire(t, tb.addr)
+	w.connect(5, "good", 30, packets.Properties{})
+	w.packet(publishPk(1, 1, "a", "x"))
+	w.expect("PUBACK", "40 02 00 01")
+}
