@@ -472,7 +472,7 @@ func TestWillKeepsItsProperties(t *testing.T) {
 	w.packet(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{Clean: true, Keepalive: 30, ClientIdentifier: "dies",
-			WillFlag: true, WillTopic: "will/dies", WillPayload: []byte("gone"), WillQos: 1,
+			WillFlag: true, WillTopic: "will/dies", WillPayload: []byte("gone"), WillQos: 1, WillRetain: true,
 			WillProperties: packets.Properties{
 				PayloadFormat: 1, PayloadFormatFlag: true, MessageExpiryInterval: 300,
 				ContentType: "text/plain", ResponseTopic: "will/reply", CorrelationData: []byte{1, 2, 3},
@@ -484,17 +484,29 @@ func TestWillKeepsItsProperties(t *testing.T) {
 	}
 	w.conn.Close() // no DISCONNECT: the will goes out
 
-	select {
-	case m := <-got:
-		p := m.Properties
-		if p.PayloadFormat == nil || *p.PayloadFormat != 1 || p.MessageExpiry == nil || *p.MessageExpiry == 0 ||
-			p.ContentType != "text/plain" || p.ResponseTopic != "will/reply" || !bytes.Equal(p.CorrelationData, []byte{1, 2, 3}) ||
-			len(p.User) != 1 || p.User[0].Key != "u" || p.User[0].Value != "1" {
-			t.Fatalf("will properties %+v", p)
+	check := func(what string) {
+		t.Helper()
+		select {
+		case m := <-got:
+			p := m.Properties
+			if p.PayloadFormat == nil || *p.PayloadFormat != 1 || p.MessageExpiry == nil || *p.MessageExpiry == 0 ||
+				p.ContentType != "text/plain" || p.ResponseTopic != "will/reply" || !bytes.Equal(p.CorrelationData, []byte{1, 2, 3}) ||
+				len(p.User) != 1 || p.User[0].Key != "u" || p.User[0].Value != "1" {
+				t.Fatalf("%s: will properties %+v", what, p)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: will not delivered", what)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("will not delivered")
 	}
+	check("live")
+	// The retained will keeps them too.
+	if _, err := sub.Unsubscribe(ctx, &paho.Unsubscribe{Topics: []string{"will/#"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "will/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	check("retained")
 }
 
 // TestSharedSubscriptionTakesTurns: members of a group get equal shares

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"encoding/base64"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -46,7 +47,9 @@ func (h *willPropsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	user := append([]packets.UserProperty{}, cl.Properties.Will.User...)
-	cl.Properties.Will.User = append(user, packets.UserProperty{Key: willPropsKey, Val: buf.String()})
+	// Base64: the value must stay valid UTF-8, or a store that writes
+	// JSON (bolt) would mangle it.
+	cl.Properties.Will.User = append(user, packets.UserProperty{Key: willPropsKey, Val: base64.StdEncoding.EncodeToString(buf.Bytes())})
 	return nil
 }
 
@@ -64,8 +67,12 @@ func (h *willPropsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packe
 	if len(pk.Properties.User) == 0 {
 		pk.Properties.User = nil
 	}
+	raw, err := base64.StdEncoding.DecodeString(last.Val)
+	if err != nil {
+		return pk
+	}
 	var wp packets.Properties
-	if _, err := wp.Decode(packets.WillProperties, bytes.NewBufferString(last.Val)); err != nil {
+	if _, err := wp.Decode(packets.WillProperties, bytes.NewBuffer(raw)); err != nil {
 		return pk
 	}
 	pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = wp.PayloadFormat, wp.PayloadFormatFlag
