@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -385,7 +386,8 @@ func TestKeepaliveIsExact(t *testing.T) {
 // TestReadErrorsGetDisconnectReason: errors found while reading are told to
 // an MQTT 5 client before the connection closes.
 func TestReadErrorsGetDisconnectReason(t *testing.T) {
-	tb := newTestBroker(t, Options{MaxPacketSize: 1024}, AnonymousPolicy{Allow: true})
+	logs := &lockedBuffer{}
+	tb := newTestBroker(t, Options{MaxPacketSize: 1024, Logger: slog.New(slog.NewTextHandler(logs, nil))}, AnonymousPolicy{Allow: true})
 	for _, tc := range []struct {
 		name, send string
 		reason     byte
@@ -407,6 +409,28 @@ func TestReadErrorsGetDisconnectReason(t *testing.T) {
 			t.Fatalf("%s: connection not closed", tc.name)
 		}
 	}
+	// The oversized packet is logged once, with client, door and size.
+	if l := logs.String(); !strings.Contains(l, `msg="mqtt packet over max_packet_size, closing the connection" client=rd door=tcp`) ||
+		!strings.Contains(l, "size=2050") {
+		t.Fatalf("log:\n%s", l)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // TestClientTopicAliases: aliases up to the advertised Topic Alias Maximum
