@@ -381,6 +381,7 @@ func TestKeepaliveIsExact(t *testing.T) {
 	if waited < 1400*time.Millisecond || waited > 3*time.Second {
 		t.Fatalf("disconnected after %v, want 1.5 s", waited)
 	}
+	t.Logf("keep alive 1 s: DISCONNECT 0x8D %v after the last PINGRESP", waited.Round(time.Millisecond))
 }
 
 // TestReadErrorsGetDisconnectReason: errors found while reading are told to
