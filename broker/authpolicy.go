@@ -41,8 +41,31 @@ type AuthPolicy struct {
 	// per_listener_settings), by Client.AuthKey. A door's Passwords or ACL,
 	// when set, replace the broker-wide one for its clients. A client whose
 	// key is not here (its door's files were changed or the door removed
-	// by a reload) is refused everything until it reconnects.
+	// by a reload) is refused everything and disconnected (Recheck).
 	Doors map[string]DoorAuth
+	// DoorKeys, when not nil, counts the configured doors by door group
+	// (DoorGroup: "layer4" or "http") and DoorSignature (their own files
+	// and allow_anonymous). See Recheck.
+	DoorKeys map[string]map[string]int
+}
+
+// DoorSignature sums up what a door decides about its clients' login: its
+// own password/ACL files (AuthKey) and its own allow_anonymous.
+func DoorSignature(authKey string, allowAnonymous *bool) string {
+	anon := "-"
+	if allowAnonymous != nil {
+		anon = fmt.Sprint(*allowAnonymous)
+	}
+	return authKey + "\x00allow_anonymous=" + anon
+}
+
+// DoorGroup is the kind of handler that serves a door: the layer4 handler
+// serves tcp and tls, the HTTP handler ws and wss.
+func DoorGroup(d Door) string {
+	if d == DoorWS || d == DoorWSS {
+		return "http"
+	}
+	return "layer4"
 }
 
 // DoorAuth is one door's password file and ACL; either may be nil.
@@ -104,26 +127,99 @@ func (p *AuthPolicy) Authenticate(c *Client, password []byte) error {
 }
 
 // Authorize implements Policy.
+//
+// Without a password source the username a client sends proves nothing:
+// such a client (let in by allow_anonymous) gets the anonymous rules of the
+// ACL, not those of the user it names, unless its username was taken from
+// a verified certificate. mosquitto would apply the named user's rules.
 func (p *AuthPolicy) Authorize(c *Client, topic string, access Access) bool {
-	_, acl, ok := p.rules(c)
+	passwords, acl, ok := p.rules(c)
 	if !ok {
 		return false
 	}
+	user := c.Username
+	if passwords == nil && !c.CertIdentity {
+		user = ""
+	}
 	switch access {
 	case AccessPublish:
-		return acl.CanPublish(c.Username, c.ID, topic)
+		return acl.CanPublish(user, c.ID, topic)
 	case AccessSubscribe:
-		return acl.CanSubscribe(c.Username, c.ID, topic)
+		return acl.CanSubscribe(user, c.ID, topic)
 	case AccessRead:
-		return acl.CanRead(c.Username, c.ID, topic)
+		return acl.CanRead(user, c.ID, topic)
 	}
 	return false
+}
+
+// NeedsPasswordCheck implements PasswordChecker: only a client with a
+// username and a password, not known by its certificate, on a door with a
+// password source, costs a hash computation.
+func (p *AuthPolicy) NeedsPasswordCheck(c *Client, password []byte) bool {
+	passwords, _, ok := p.rules(c)
+	return ok && !c.CertIdentity && c.Username != "" && passwords != nil && password != nil
+}
+
+// Credential implements Rechecker: what let c in, under this policy.
+func (p *AuthPolicy) Credential(c *Client) string {
+	passwords, _, _ := p.rules(c)
+	switch {
+	case c.CertIdentity:
+		return "certificate"
+	case c.Username == "" || passwords == nil:
+		return "anonymous"
+	}
+	return "password:" + passwords.Fingerprint(c.Username)
+}
+
+// Recheck implements Rechecker. A session stays only when its door's rules
+// still exist, what let it in is unchanged (same password file entry, or
+// still anonymous, or its certificate) and anonymous access is still
+// allowed for an anonymous one.
+//
+// Door handlers are new objects after a reload and have no identity that
+// survives it, so a session cannot tell whether its own door changed its
+// files or allow_anonymous (DoorSignature): when the number of doors of its
+// group with its door's signature changed, or none is left, it is
+// disconnected. (Two doors of a group that swap their settings go
+// unnoticed.)
+func (p *AuthPolicy) Recheck(prev Policy, c *Client, credential string) error {
+	if _, _, ok := p.rules(c); !ok {
+		return fmt.Errorf("%w: the door's password_file or acl_file is no longer configured", ErrNotAuthorized)
+	}
+	if p.DoorKeys != nil {
+		group, sig := DoorGroup(c.Door), DoorSignature(c.AuthKey, c.AllowAnonymous)
+		n := p.DoorKeys[group][sig]
+		if n == 0 {
+			return fmt.Errorf("%w: no door has the session's password_file, acl_file and allow_anonymous any more", ErrNotAuthorized)
+		}
+		if pp, ok := prev.(*AuthPolicy); ok && pp.DoorKeys != nil && pp.DoorKeys[group][sig] != n {
+			return fmt.Errorf("%w: %s doors changed their own password_file, acl_file or allow_anonymous", ErrNotAuthorized, group)
+		}
+	}
+	now := p.Credential(c)
+	switch {
+	case now != credential:
+		return fmt.Errorf("%w: the user's password entry changed or was removed", ErrNotAuthorized)
+	case now == "anonymous" && !p.anonymous(c):
+		return fmt.Errorf("%w: anonymous access is off (allow_anonymous)", ErrNotAuthorized)
+	}
+	return nil
+}
+
+func (p *AuthPolicy) anonymous(c *Client) bool {
+	if c.AllowAnonymous != nil {
+		return *c.AllowAnonymous
+	}
+	return p.AllowAnonymous
 }
 
 // IdentitySource implements IdentityPolicy.
 func (p *AuthPolicy) IdentitySource() IdentitySource { return p.Identity }
 
 var (
-	_ Policy         = (*AuthPolicy)(nil)
-	_ IdentityPolicy = (*AuthPolicy)(nil)
+	_ Policy          = (*AuthPolicy)(nil)
+	_ IdentityPolicy  = (*AuthPolicy)(nil)
+	_ PasswordChecker = (*AuthPolicy)(nil)
+	_ Rechecker       = (*AuthPolicy)(nil)
 )

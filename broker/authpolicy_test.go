@@ -77,7 +77,8 @@ pattern write devices/%u/out
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &AuthPolicy{ACL: acl}
+	// alice's username counts as hers only where passwords are checked.
+	p := &AuthPolicy{ACL: acl, Passwords: auth.NewPasswords()}
 	open := &AuthPolicy{}
 	alice := &Client{ID: "c1", Username: "alice"}
 	anon := &Client{ID: "c2"}
@@ -155,5 +156,31 @@ func TestAuthPolicyDoors(t *testing.T) {
 	}
 	if p.Authorize(&Client{Username: "alice", AuthKey: "gone"}, "alice/x", AccessPublish) {
 		t.Error("a client whose door's files are gone may still publish")
+	}
+}
+
+// TestAnonymousUsernameGetsAnonymousACL: with allow_anonymous and no
+// password source, a username is not an identity: a client claiming
+// "alice" gets the anonymous rules, not alice's; one whose username comes
+// from a verified certificate gets its user's.
+func TestAnonymousUsernameGetsAnonymousACL(t *testing.T) {
+	acl, err := auth.ParseACLFile(strings.NewReader("topic read public/#\nuser alice\ntopic readwrite alice/#\n"), "acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &AuthPolicy{ACL: acl, AllowAnonymous: true}
+	claimed := &Client{ID: "c1", Username: "alice"}
+	if err := p.Authenticate(claimed, nil); err != nil {
+		t.Fatalf("anonymous access refused: %v", err)
+	}
+	if p.Authorize(claimed, "alice/x", AccessPublish) || p.Authorize(claimed, "alice/x", AccessRead) {
+		t.Error("a client only claiming to be alice got alice's ACL")
+	}
+	if !p.Authorize(claimed, "public/news", AccessRead) {
+		t.Error("a client claiming a username lost the anonymous rules")
+	}
+	cert := &Client{ID: "c2", Username: "alice", CertIdentity: true}
+	if !p.Authorize(cert, "alice/x", AccessPublish) {
+		t.Error("alice from a verified certificate did not get her ACL")
 	}
 }

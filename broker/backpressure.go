@@ -30,8 +30,8 @@ import (
 // dropped, as mosquitto does, so a client that reads slowly, or not at all,
 // can delay a publisher by at most maxWait once, not pace the broker.
 const (
-	stallAfter = 200 * time.Millisecond
-	maxWait    = time.Second
+	stallAfter = 500 * time.Millisecond
+	maxWait    = 2 * time.Second
 )
 
 // roomState is a connection's side of backpressure, guarded by its wmu.

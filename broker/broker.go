@@ -43,6 +43,21 @@ type ConnInfo struct {
 	// AuthKey names the door's own password file and ACL in the policy
 	// (AuthPolicy.Doors); empty for the broker-wide ones.
 	AuthKey string
+	// Name labels the door in metrics, logs and the admin API when a
+	// config has several doors of one kind; empty: the kind (Door).
+	Name string
+	// Handler identifies the door instance (one handler in the config),
+	// whose connections Limits.MaxConnections counts; it must be
+	// comparable. Nil counts the connection under its Door.
+	Handler any
+}
+
+// limitKey is what the door's max_connections counts the connection under.
+func (i ConnInfo) limitKey() any {
+	if i.Handler != nil {
+		return i.Handler
+	}
+	return i.Door
 }
 
 // Broker is one MQTT broker shared by all doors.
@@ -54,19 +69,22 @@ type Broker struct {
 	policy atomic.Pointer[policyBox]
 	ids    idLocks // see takeover.go
 
-	store     *boltStore    // nil without storage
-	doorKeys  *doorKeys     // nil without storage
-	rate      *rateLimiter  // per client IP; nil when unlimited
-	authSlots chan struct{} // see authslots.go
-	refusals  logLimiter    // see logRefusal
-	drops     logLimiter    // see logDrop
+	store    *boltStore   // nil without storage
+	doorKeys *doorKeys    // nil without storage
+	rate     *rateLimiter // per client IP; nil when unlimited
+	auth     *authGate    // see authslots.go
+	refusals logLimiter   // see logRefusal
+	drops    logLimiter   // see logDrop
+
+	metrics     metrics  // metrics.go
+	warnSampler *sampler // connlog.go
 
 	clientSetup sync.Mutex // see sizeWriteBuffer
 
 	mu        sync.Mutex
 	closing   bool
 	conns     map[*clientConn]struct{}
-	doorConns map[Door]int
+	doorConns map[any]int
 	serving   sync.WaitGroup
 
 	shutdownOnce sync.Once
@@ -106,11 +124,13 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		conns:     make(map[*clientConn]struct{}),
-		doorConns: make(map[Door]int),
+		doorConns: make(map[any]int),
 		rate:      newRateLimiter(opts.MaxConnectionRate, opts.ConnectionRateInterval),
-		authSlots: newAuthSlots(),
+		auth:      newAuthGate(),
 		refusals:  logLimiter{every: 10 * time.Second},
 		drops:     logLimiter{every: time.Minute},
+
+		warnSampler: newSampler(),
 	}
 	if policy == nil {
 		policy = AnonymousPolicy{}
@@ -125,6 +145,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	})
 	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
 		return nil, err
+	}
+	if !opts.NoMetrics {
+		if err := b.srv.AddHook(&metricsHook{b: b}, nil); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
 		return nil, err
@@ -183,13 +208,17 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	return b, nil
 }
 
-// SetPolicy makes p the policy in force. Sessions are not touched: every
-// later check uses p. The returned function puts the previous policy back,
-// but only while p is still in force, so a config that is replaced by a newer
-// one cannot undo the newer one's policy.
+// SetPolicy makes p the policy in force: every later check uses p, and live
+// sessions p no longer allows are disconnected (recheck.go). The returned
+// function puts the previous policy back, but only while p is still in
+// force, so a config that is replaced by a newer one cannot undo the newer
+// one's policy.
 func (b *Broker) SetPolicy(p Policy) (restore func()) {
 	box := &policyBox{p}
 	old := b.policy.Swap(box)
+	if old != nil {
+		go b.recheck(old.Policy, p) // see recheck.go
+	}
 	return func() {
 		if old != nil {
 			b.policy.CompareAndSwap(box, old)
@@ -225,15 +254,22 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if lim := info.Limits.MaxPacketSize; lim > 0 && lim < limit {
 		limit = lim
 	}
-	cc.Conn = &packetLimitConn{Conn: conn, limit: limit, cc: cc}
+	cc.m.door = b.metrics.door(info.Label())
+	wire := conn
+	if !b.opts.NoMetrics {
+		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
+	}
+	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize, cc: cc}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
+			b.refuse(cc, RefusedLimit)
 			b.logRefusal(cc, err)
 		}
 		return err
 	}
 	defer b.release(cc)
+	defer b.connEnded(cc) // metrics.go
 
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
 	// one with the keepalive deadline.
@@ -248,7 +284,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 // admit registers a new connection, unless the broker is shutting down or a
 // limit refuses it.
 func (b *Broker) admit(cc *clientConn) error {
-	if !b.rate.allow(hostOf(cc.RemoteAddr()), time.Now()) {
+	if !b.rate.allow(rateKey(cc.RemoteAddr()), time.Now()) {
 		return ErrRateLimited
 	}
 	b.mu.Lock()
@@ -260,11 +296,11 @@ func (b *Broker) admit(cc *clientConn) error {
 		// Counted before CONNECT, as mosquitto's max_connections counts
 		// sockets: mochi's own limit only counts authenticated clients.
 		return ErrBrokerFull
-	case cc.info.Limits.MaxConnections > 0 && b.doorConns[cc.info.Door] >= cc.info.Limits.MaxConnections:
+	case cc.info.Limits.MaxConnections > 0 && b.doorConns[cc.info.limitKey()] >= cc.info.Limits.MaxConnections:
 		return ErrDoorFull
 	}
 	b.conns[cc] = struct{}{}
-	b.doorConns[cc.info.Door]++
+	b.doorConns[cc.info.limitKey()]++
 	b.serving.Add(1)
 	return nil
 }
@@ -273,7 +309,10 @@ func (b *Broker) admit(cc *clientConn) error {
 func (b *Broker) release(cc *clientConn) {
 	b.mu.Lock()
 	delete(b.conns, cc)
-	b.doorConns[cc.info.Door]--
+	key := cc.info.limitKey()
+	if b.doorConns[key]--; b.doorConns[key] == 0 {
+		delete(b.doorConns, key) // keys of handlers of old configs
+	}
 	b.mu.Unlock()
 	b.serving.Done()
 }
@@ -442,6 +481,10 @@ type clientConn struct {
 	room       roomState   // backpressure.go
 	publishing atomic.Bool // backpressure.go
 	feed       feedState   // retained.go
+
+	m connMetrics // metrics.go
+
+	authed atomic.Pointer[authed] // recheck.go
 
 	// refusedPublish is the topic of the MQTT 3 publish being processed
 	// that the ACL refused (publishcheck.go); mochi's read loop only.

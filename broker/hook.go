@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -62,6 +63,7 @@ func (h *dispatchHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		AuthKey:        cc.info.AuthKey,
 	}
 	if err := h.certIdentity(cl, cc, c); err != nil {
+		h.b.refuse(cc, RefusedTLS)
 		h.b.log.Info("mqtt connection refused",
 			"client", c.ID, "username", c.Username, "door", string(c.Door),
 			"remote", c.RemoteAddr, "reason", err.Error())
@@ -111,13 +113,28 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 		password = pk.Connect.Password
 	}
 	policy := h.b.Policy()
-	if err := h.b.authenticate(policy, c, password); err != nil {
-		h.refused(c, err)
+	start := time.Now()
+	err := h.b.authenticate(policy, c, password)
+	h.b.observeAuth(cl, time.Since(start))
+	if err == nil {
+		err = h.b.remember(cl.Net.Conn.(*clientConn), cl, policy)
+	}
+	if err != nil {
+		if !busy(err) {
+			h.refused(cl, c, RefusedAuth, err)
+		} else {
+			h.b.refuse(cl.Net.Conn.(*clientConn), RefusedLimit)
+			h.b.logBusy(c, err)
+			// Not the credentials' fault: "server busy", closed like
+			// the will refusal below.
+			_ = h.b.srv.SendConnack(cl, packets.ErrServerBusy, false, nil)
+			cl.Stop(packets.ErrServerBusy)
+		}
 		return false
 	}
 	if pk.Connect.WillFlag {
 		if err := willAllowed(policy, c, pk.Connect.WillTopic); err != nil {
-			h.refused(c, err)
+			h.refused(cl, c, RefusedACL, err)
 			// mochi would answer "bad username or password"; the client
 			// did log in, it is the will that is not authorized. Send
 			// that and close: mochi's own CONNACK then finds the
@@ -130,10 +147,10 @@ func (h *dispatchHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet)
 	return true
 }
 
-func (h *dispatchHook) refused(c *Client, err error) {
-	h.b.log.Info("mqtt connection refused",
-		"client", c.ID, "username", c.Username, "door", string(c.Door),
-		"remote", c.RemoteAddr, "reason", err.Error())
+func (h *dispatchHook) refused(cl *mqtt.Client, c *Client, reason string, err error) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		h.b.logRefusedLogin(cc, c, reason, err) // connlog.go
+	}
 }
 
 // willAllowed checks a will topic as a publish of the client's own.
@@ -171,7 +188,11 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	}
 	switch {
 	case write:
-		return h.b.Policy().Authorize(c, topic, AccessPublish)
+		if !h.b.Policy().Authorize(c, topic, AccessPublish) {
+			h.b.logDenied(cl, topic, AccessPublish) // connlog.go
+			return false
+		}
+		return true
 	case cc.subscribing.has(topic):
 		return h.b.Policy().Authorize(c, topic, AccessSubscribe) && cc.subscribing.grant(topic)
 	case strings.ContainsAny(topic, "+#"):

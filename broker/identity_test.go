@@ -254,4 +254,12 @@ func TestCertIdentityOverTLS(t *testing.T) {
 	if err == nil || ca2 == nil || ca2.ReasonCode != 0x86 {
 		t.Fatalf("unverified certificate: connack %v, err %v; want reason 0x86", ca2, err)
 	}
+	// Counted as a TLS refusal, not a bad password.
+	col := NewCollector(func() *Broker { return b })
+	waitFor(t, func() bool {
+		return gather(t, col, "caddy_mqtt_connections_refused_total", map[string]string{"door": "tls", "reason": "tls"}) == 1
+	})
+	if v := gather(t, col, "caddy_mqtt_connections_refused_total", map[string]string{"door": "tls", "reason": "auth"}); v != 0 {
+		t.Errorf("refused for auth: %v", v)
+	}
 }

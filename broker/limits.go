@@ -96,6 +96,20 @@ func (r *rateLimiter) allow(ip string, now time.Time) bool {
 	return true
 }
 
+// peek reports whether ip's bucket has a token, without taking it.
+func (r *rateLimiter) peek(ip string, now time.Time) bool {
+	if r == nil {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.buckets[ip]
+	if !ok {
+		return true
+	}
+	return min(r.burst, b.tokens+float64(now.Sub(b.last))/float64(r.perToken)) >= 1
+}
+
 func hostOf(addr net.Addr) string {
 	if addr == nil {
 		return ""
@@ -110,14 +124,44 @@ func hostOf(addr net.Addr) string {
 	return host
 }
 
+// rateKey is the key a client address is counted under by the per-address
+// limits: the IP for IPv4, the /64 network for IPv6, since one IPv6 host
+// usually holds a whole /64 and could otherwise pick a fresh address for
+// every connection.
+func rateKey(addr net.Addr) string { return hostKey(hostOf(addr)) }
+
+// hostKey is rateKey for an address without port.
+func hostKey(host string) string {
+	ip := net.ParseIP(host)
+	if ip == nil || ip.To4() != nil {
+		return host
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
 // packetLimitConn checks the framing of the MQTT byte stream the broker
 // reads: it follows the packet boundaries and fails the read that brings a
 // fixed header announcing a packet over the limit (before the broker
 // allocates anything for it) or a remaining length longer than four bytes.
+//
+// The first packet, CONNECT, arrives before the client is authenticated: it
+// has its own, smaller limit (connectLimit), and its bytes are collected
+// here as they arrive and handed on only once the packet is complete.
+// mochi allocates the whole announced remaining length as soon as it has
+// read a fixed header, so otherwise a socket that announces a large
+// CONNECT and sends nothing more would pin that much memory until the
+// CONNECT deadline.
 type packetLimitConn struct {
 	net.Conn
-	limit uint32
-	cc    *clientConn
+	limit        uint32
+	connectLimit uint32
+	cc           *clientConn
+
+	// The first packet: collected until complete (first), then handed out
+	// from first[off:] before reads pass through.
+	first       []byte
+	off         int
+	passThrough bool
 
 	// Set at CONNECT by keepaliveHook, then read by mochi's read loop only.
 	cl        *mqtt.Client
@@ -138,9 +182,13 @@ type packetLimitConn struct {
 	shift     uint
 	lenBytes  uint32
 	remaining uint32
+	complete  int // packets read completely
 }
 
 func (c *packetLimitConn) Read(p []byte) (int, error) {
+	if !c.passThrough {
+		return c.readFirst(p)
+	}
 	n, err := c.Conn.Read(p)
 	if perr := c.scan(p[:n]); perr != nil {
 		return 0, c.readFailed(perr)
@@ -149,6 +197,36 @@ func (c *packetLimitConn) Read(p []byte) (int, error) {
 		err = c.readFailed(err)
 	}
 	return n, err
+}
+
+// readFirst collects the first packet whole before any of it is read.
+func (c *packetLimitConn) readFirst(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for c.collecting() {
+		n, err := c.Conn.Read(p)
+		if perr := c.scan(p[:n]); perr != nil {
+			return 0, c.readFailed(perr)
+		}
+		c.first = append(c.first, p[:n]...)
+		if err != nil && c.collecting() {
+			return 0, err
+		}
+	}
+	n := copy(p, c.first[c.off:])
+	c.off += n
+	if c.off == len(c.first) {
+		c.first, c.passThrough = nil, true
+	}
+	return n, nil
+}
+
+// collecting reports whether the first packet is still being collected. A
+// first packet that is not a CONNECT is handed on at once: mochi refuses it
+// from its fixed header [MQTT-3.1.0-1].
+func (c *packetLimitConn) collecting() bool {
+	return c.complete == 0 && (len(c.first) == 0 || c.first[0] == 0x10)
 }
 
 func (c *packetLimitConn) scan(b []byte) error {
@@ -161,9 +239,12 @@ func (c *packetLimitConn) scan(b []byte) error {
 				c.body = append(c.body, b[:skip]...)
 			}
 			b = b[skip:]
-			if c.remaining == 0 && c.capturing {
-				if err := c.checkPacket(); err != nil {
-					return err
+			if c.remaining == 0 {
+				c.complete++
+				if c.capturing {
+					if err := c.checkPacket(); err != nil {
+						return err
+					}
 				}
 			}
 		case !c.inLength:
@@ -184,7 +265,11 @@ func (c *packetLimitConn) scan(b []byte) error {
 				continue
 			}
 			c.inLength = false
-			if 1+c.lenBytes+c.length > c.limit {
+			limit := c.limit
+			if c.complete == 0 && c.connectLimit > 0 && c.connectLimit < limit {
+				limit = c.connectLimit
+			}
+			if 1+c.lenBytes+c.length > limit {
 				c.tooLarge = 1 + c.lenBytes + c.length
 				return packets.ErrPacketTooLarge
 			}
@@ -192,9 +277,12 @@ func (c *packetLimitConn) scan(b []byte) error {
 			// See readcheck.go.
 			c.capturing = c.check && c.length <= maxCheckedPacket
 			c.body = c.body[:0]
-			if c.capturing && c.length == 0 {
-				if err := c.checkPacket(); err != nil {
-					return err
+			if c.length == 0 {
+				c.complete++
+				if c.capturing {
+					if err := c.checkPacket(); err != nil {
+						return err
+					}
 				}
 			}
 		}

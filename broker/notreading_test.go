@@ -54,10 +54,13 @@ func TestClientThatNeverReadsIsClosed(t *testing.T) {
 			break
 		}
 	}
-	if !closed {
-		waitFor(t, func() bool { return b.Clients() == 0 })
-	}
-	if _, ok := b.Server().Clients.Get("never-reads"); ok {
-		waitFor(t, func() bool { cl, ok := b.Server().Clients.Get("never-reads"); return !ok || cl.Closed() })
+	// The broker works through what was sent, then closes: on a loaded
+	// machine that takes a while.
+	deadline := time.Now().Add(30 * time.Second)
+	for !closed && b.Clients() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection of a client that does not read is still open after 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

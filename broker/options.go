@@ -15,6 +15,13 @@ type Options struct {
 	// allocated. Default 1 MiB; mochi's own default is unlimited.
 	MaxPacketSize uint32
 
+	// MaxConnectSize is the largest CONNECT packet, in bytes: the first
+	// packet, read before the client is authenticated. Its bytes are
+	// buffered as they arrive and handed to mochi once complete, so a
+	// connection that announces a large CONNECT holds only what it has sent.
+	// Default 64 KiB; it cannot raise MaxPacketSize.
+	MaxConnectSize uint32
+
 	// MaxQueuedMessages is the number of QoS 1/2 messages held for one
 	// client beyond those in flight (mosquitto's max_queued_messages), for a
 	// connected client waiting for its window and for a disconnected
@@ -76,6 +83,10 @@ type Options struct {
 	// data for that long is disconnected. Default 30 s.
 	WriteTimeout time.Duration
 
+	// NoMetrics leaves out the per-door counters (metrics.go) and the
+	// connect/disconnect log lines; it exists to measure their cost.
+	NoMetrics bool
+
 	// MaxSubscriptions caps the subscriptions one client holds (0 = no
 	// limit). Filters over the cap are refused in the SUBACK.
 	MaxSubscriptions int
@@ -97,6 +108,7 @@ type Options struct {
 // Defaults used when an Options field is zero.
 const (
 	DefaultMaxPacketSize       = 1 << 20
+	DefaultMaxConnectSize      = 64 << 10
 	DefaultMaxQueuedMessages   = 1000
 	DefaultMaxInflightMessages = 20
 	DefaultReceiveMaximum      = 1024
@@ -110,6 +122,9 @@ const (
 func (o Options) WithDefaults() Options {
 	if o.MaxPacketSize == 0 {
 		o.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if o.MaxConnectSize == 0 {
+		o.MaxConnectSize = DefaultMaxConnectSize
 	}
 	if o.MaxQueuedMessages <= 0 {
 		o.MaxQueuedMessages = DefaultMaxQueuedMessages

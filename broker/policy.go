@@ -72,8 +72,9 @@ var ErrNotAuthorized = errors.New("not authorized")
 
 // Policy decides who may connect and what they may do. The broker holds one
 // Policy behind an atomic pointer, so a config reload replaces it without
-// touching any session: a connected client is judged by the new policy from
-// its next publish, subscribe or delivery on.
+// restarting anything: a connected client is judged by the new policy from
+// its next publish, subscribe or delivery on, and a policy that implements
+// Rechecker disconnects the sessions it no longer admits.
 type Policy interface {
 	// Authenticate accepts (nil) or refuses (an error) a CONNECT. password is
 	// nil when the client sent none.

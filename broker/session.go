@@ -116,6 +116,7 @@ func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 	case sessionResumed:
 		h.dropUnreadable(cl, cc)
 	}
+	cc.m.sessionPresent.Store(pk.SessionPresent) // for the connect log line
 	return pk
 }
 

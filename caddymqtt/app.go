@@ -34,7 +34,8 @@ const brokerKey = "mqtt"
 //
 // Options marked "fixed" are read when the broker is first created; a reload
 // that changes them logs a warning and they apply after a restart. The others
-// apply on every reload without dropping a session.
+// apply on every reload without dropping a session, except the sessions the
+// new users, ACL and allow_anonymous no longer admit (broker.Rechecker).
 type App struct {
 	// Allow clients that send no username (mosquitto's allow_anonymous).
 	// Default false, as in mosquitto 2.x. A door's own allow_anonymous wins.
@@ -43,6 +44,13 @@ type App struct {
 	// The largest MQTT packet a client may send, in bytes. Larger packets
 	// close the connection before anything is allocated. Default 1 MiB. Fixed.
 	MaxPacketSize int `json:"max_packet_size,omitempty"`
+
+	// The largest CONNECT packet, in bytes: the first packet of a
+	// connection, read before the client is authenticated. Its bytes are
+	// buffered as they arrive, so a connection that announces a large
+	// CONNECT holds only what it has sent; one announcing more than this is
+	// closed at once. Default 64 KiB; at most max_packet_size. Fixed.
+	MaxConnectSize int `json:"max_connect_size,omitempty"`
 
 	// QoS 1 and 2 messages held for one client beyond those in flight
 	// (mosquitto's max_queued_messages): while a connected client's window
@@ -158,6 +166,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.policy = policy
+	if err := a.registerMetrics(ctx); err != nil { // metrics.go
+		return err
+	}
+	a.warnAnonymousUsernames()
 	return a.provisionTLSNames(ctx)
 }
 
@@ -166,6 +178,8 @@ func (a *App) Validate() error {
 	switch {
 	case a.MaxPacketSize < 0 || a.MaxPacketSize > maxPacketSizeLimit:
 		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", a.MaxPacketSize)
+	case a.MaxConnectSize < 0 || a.MaxConnectSize > maxPacketSizeLimit:
+		return fmt.Errorf("max_connect_size %d out of range (0 to 256 MiB)", a.MaxConnectSize)
 	case a.MaxConnections < 0 || a.MaxSubscriptions < 0 || a.MaxConnectionRate < 0 || a.ConnectionRateInterval < 0:
 		return fmt.Errorf("max_connections, max_subscriptions and max_connection_rate must not be negative")
 	case a.ConnectTimeout < 0 || a.SysInterval < 0 || a.MaxMessageExpiry < 0 || a.ShutdownTimeout < 0:
@@ -183,9 +197,10 @@ func (a *App) Validate() error {
 	return a.Storage.validate()
 }
 
-// Start makes this config's policy the one in force. Sessions stay.
+// Start makes this config's policy the one in force. Sessions stay, unless
+// the new policy no longer admits them (see broker.Broker.SetPolicy).
 func (a *App) Start() error {
-	b, err := a.shared.get()
+	b, err := a.shared.get(a.policy)
 	if err != nil {
 		return err
 	}
@@ -232,11 +247,12 @@ func AppFrom(ctx caddy.Context) (*App, error) {
 }
 
 // Broker returns the running broker, starting it on first use.
-func (a *App) Broker() (*broker.Broker, error) { return a.shared.get() }
+func (a *App) Broker() (*broker.Broker, error) { return a.shared.get(a.policy) }
 
 func (a *App) brokerOptions() broker.Options {
 	return broker.Options{
 		MaxPacketSize:          uint32(a.MaxPacketSize),
+		MaxConnectSize:         uint32(a.MaxConnectSize),
 		MaxQueuedMessages:      int32(a.MaxQueuedMessages),
 		MaxInflightMessages:    uint16(a.MaxInflightMessages),
 		MaxClients:             int64(a.MaxConnections),
@@ -287,7 +303,11 @@ type sharedBroker struct {
 	shutdownTimeout time.Duration
 }
 
-func (s *sharedBroker) get() (*broker.Broker, error) {
+// get returns the broker, creating it with policy in force if there is
+// none yet. Caddy starts the apps in no set order: a door of this config can
+// be serving before this app's Start, and the broker it creates must not
+// refuse every client until then (it did, with the empty policy).
+func (s *sharedBroker) get(policy broker.Policy) (*broker.Broker, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.destroyed {
@@ -297,7 +317,7 @@ func (s *sharedBroker) get() (*broker.Broker, error) {
 		return nil, broker.ErrClosed
 	}
 	if s.b == nil && s.err == nil {
-		s.b, s.err = broker.New(s.opts, nil)
+		s.b, s.err = broker.New(s.opts, policy)
 	}
 	return s.b, s.err
 }

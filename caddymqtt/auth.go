@@ -16,8 +16,8 @@ import (
 // AuthConfig holds the mqtt app's users, ACL and certificate identity
 // options, named as in mosquitto.conf. Files are read in Provision, so
 // `caddy validate` reports their errors (as file:line) and `caddy reload`
-// picks up their changes; the new policy replaces the old one without
-// dropping any session.
+// picks up their changes; the new policy replaces the old one, and only the
+// sessions it no longer admits are dropped.
 type AuthConfig struct {
 	// A mosquitto password file ("user:hash" lines; $7$, $6$, $argon2id$
 	// and bcrypt hashes), e.g. made with mosquitto_passwd or
@@ -241,4 +241,35 @@ func (a *App) addDoorAuth(key, passwordFile, aclFile string) error {
 	}
 	p.Doors[key] = d
 	return nil
+}
+
+// addDoorKey records a door of group (broker.DoorGroup) with the
+// broker.DoorSignature sig, so that a reload can tell which sessions' doors
+// changed their files or allow_anonymous.
+func (a *App) addDoorKey(group, sig string) {
+	p, ok := a.policy.(*broker.AuthPolicy)
+	if !ok {
+		return
+	}
+	if p.DoorKeys == nil {
+		p.DoorKeys = make(map[string]map[string]int)
+	}
+	if p.DoorKeys[group] == nil {
+		p.DoorKeys[group] = make(map[string]int)
+	}
+	p.DoorKeys[group][sig]++
+}
+
+// warnAnonymousUsernames warns about allow_anonymous without any password
+// source: usernames are then only names, and clients get the ACL's
+// anonymous rules whatever username they send (unless a door takes it from
+// a verified certificate).
+func (a *App) warnAnonymousUsernames() {
+	p, ok := a.policy.(*broker.AuthPolicy)
+	if !ok || !p.AllowAnonymous || p.Passwords != nil || p.ACL == nil || p.Identity == broker.IdentityCN || p.Identity == broker.IdentitySubject {
+		return
+	}
+	a.logger.Warn("allow_anonymous without password_file or users: usernames are not checked, so every client " +
+		"gets the ACL's anonymous rules, whatever username it sends; only usernames from verified client " +
+		"certificates (use_identity_as_username) get their user's rules")
 }

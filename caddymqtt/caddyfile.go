@@ -26,6 +26,7 @@ func init() {
 //	mqtt {
 //		allow_anonymous [true|false]
 //		max_packet_size <size>
+//		max_connect_size <size>
 //		max_queued_messages <n>
 //		max_inflight_messages <n>
 //		max_connections <n>
@@ -84,6 +85,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.AllowAnonymous, err = ParseBoolArg(d)
 		case "max_packet_size":
 			a.MaxPacketSize, err = parseSizeArg(d)
+		case "max_connect_size":
+			a.MaxConnectSize, err = parseSizeArg(d)
 		case "max_queued_messages":
 			a.MaxQueuedMessages, err = parseIntArg(d, 65535)
 		case "max_inflight_messages":
@@ -134,6 +137,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	mqtt [<matcher>] {
 //		allow_anonymous [true|false]
 //		allowed_origins <patterns...>
+//		insecure_any_origin
 //		use_identity_as_username [true|false]
 //		use_subject_as_username [true|false]
 //		max_connections <n>
@@ -143,6 +147,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_keepalive <seconds>
 //		password_file <path>
 //		acl_file <path>
+//		name <name>
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -165,6 +170,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
+		case "insecure_any_origin":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.InsecureAnyOrigin = true
 		default:
 			ok, err := h.UnmarshalDoorOption(d)
 			if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/caddyserver/caddy/v2/modules/caddypki"
 	"github.com/caddyserver/certmagic"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -31,7 +32,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "mqtt",
-		Usage: "passwd|cert ...",
+		Usage: "passwd|cert|clients|kick|pub ...",
 		Short: "Manages MQTT users and device certificates",
 		Long: `
 Tools for the mqtt app:
@@ -41,10 +42,21 @@ Tools for the mqtt app:
       mosquitto password file, like mosquitto_passwd.
 
   caddy mqtt cert --cn <name> [--out <dir>] [--days <n>] [--ca <id>]
-      issues a P-256 client certificate signed by Caddy's pki app CA.
+      issues a P-256 device certificate signed by a pki app CA
+      (default "mqtt-devices", which must be configured in the pki app).
+
+  caddy mqtt clients [--address <admin>] [--json]
+      lists the sessions of a running Caddy (admin API).
+
+  caddy mqtt kick [--address <admin>] [--discard] <client id>
+      disconnects a client (MQTT 5: reason 0x98); --discard also drops
+      its persistent session.
+
+  caddy mqtt pub [--address <admin>] [-q <qos>] [-r] [--base64] <topic> <payload>
+      publishes a message through the broker.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(passwdCommand(), certCommand())
+			cmd.AddCommand(passwdCommand(), certCommand(), clientsCommand(), kickCommand(), pubCommand()) // admincmd.go
 		},
 	})
 }
@@ -169,31 +181,49 @@ func readPassword(cmd *cobra.Command) (string, error) {
 	return string(p1), nil
 }
 
+// DeviceCAID is the pki app CA `caddy mqtt cert` signs with by default: one
+// for devices only, so that a door trusting it does not also accept the
+// server certificates Caddy's "local" CA issues.
+const DeviceCAID = "mqtt-devices"
+
 func certCommand() *cobra.Command {
 	var cn, out, caID string
 	var days int
 	var force bool
 	c := &cobra.Command{
 		Use:   "cert --cn <name> [--out <dir>] [--days <n>] [--ca <id>]",
-		Short: "Issues a client certificate signed by Caddy's pki app CA",
+		Short: "Issues a client certificate signed by a CA of Caddy's pki app",
 		Long: `Issues a P-256 client certificate with the subject CN=<name>, signed by
-the root of a CA of Caddy's pki app (default "local", the CA Caddy creates
-for internal certificates; it must exist, i.e. Caddy must have run once with
-it), read from Caddy's default storage in its data directory. Writes
-client_cert.pem, client_key.pem (0600) and ca.pem (the CA root) to --out.
+the root of a CA of Caddy's pki app (default "` + DeviceCAID + `", a CA for
+devices only), read from Caddy's default storage in its data directory.
+Writes client_cert.pem, client_key.pem (0600) and ca.pem (the CA's root) to
+--out, and server_ca.pem (the root of Caddy's "local" CA, which signs its
+internal server certificates) when that exists.
+
+The CA must be configured in the pki app and Caddy must have run once with
+it, which creates it; in the Caddyfile's global options:
+
+	pki {
+		ca ` + DeviceCAID + ` {
+			name "MQTT devices"
+		}
+	}
 
 The broker takes <name> as the username with use_identity_as_username when
 its TLS door verifies client certificates against that CA:
 
 	client_auth {
 		mode require_and_verify
-		trust_pool pki_root local      # or: trust_pool file ca.pem
+		trust_pool pki_root ` + DeviceCAID + `   # or: trust_pool file ca.pem
 	}
 
-The certificate is signed by the root, not by Caddy's intermediate, because
+Do not use the "local" CA for devices: it also signs Caddy's internal server
+certificates, and a door trusting it accepts each of those as a client
+certificate, under its host name as username.
+
+The certificate is signed by the root, not by the CA's intermediate, because
 the intermediate is replaced every few days and a device certificate has to
-outlive it. ca.pem also verifies the server certificates Caddy issues from
-the same CA, so clients can use it as --cafile.`,
+outlive it.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if cn == "" {
@@ -208,7 +238,7 @@ the same CA, so clients can use it as --cafile.`,
 	c.Flags().StringVar(&cn, "cn", "", "the certificate's common name, which becomes the MQTT username")
 	c.Flags().StringVar(&out, "out", ".", "directory to write the files to")
 	c.Flags().IntVar(&days, "days", 365, "validity in days")
-	c.Flags().StringVar(&caID, "ca", "local", "ID of the pki app's CA")
+	c.Flags().StringVar(&caID, "ca", DeviceCAID, "ID of the pki app's CA")
 	c.Flags().BoolVar(&force, "force", false, "overwrite existing files")
 	return c
 }
@@ -222,7 +252,7 @@ func issueClientCert(caID, cn, outDir string, days int, force bool) error {
 	prefix := path.Join("pki", "authorities", certmagic.StorageKeys.Safe(caID))
 	rootPEM, err := storage.Load(ctx, path.Join(prefix, "root.crt"))
 	if err != nil {
-		return fmt.Errorf("loading CA %q from %s: %w (run Caddy once with this CA, e.g. with local_certs or trust_pool pki_root %s)",
+		return fmt.Errorf("loading CA %q from %s: %w (configure it in the global options, pki { ca %s }, and run Caddy once)",
 			caID, storage.Path, err, caID)
 	}
 	keyPEM, err := storage.Load(ctx, path.Join(prefix, "root.key"))
@@ -274,14 +304,21 @@ func issueClientCert(caID, cn, outDir string, days int, force bool) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	files := []struct {
+	type outFile struct {
 		name string
 		data []byte
 		mode fs.FileMode
-	}{
+	}
+	files := []outFile{
 		{"client_key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600},
 		{"client_cert.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644},
 		{"ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o644},
+	}
+	if caID != caddypki.DefaultCAID {
+		// What clients verify the server's internal certificates with.
+		if local, err := storage.Load(ctx, path.Join("pki", "authorities", caddypki.DefaultCAID, "root.crt")); err == nil {
+			files = append(files, outFile{"server_ca.pem", local, 0o644})
+		}
 	}
 	if !force {
 		for _, f := range files {
@@ -291,15 +328,37 @@ func issueClientCert(caID, cn, outDir string, days int, force bool) error {
 		}
 	}
 	for _, f := range files {
-		p := filepath.Join(outDir, f.name)
-		if err := os.WriteFile(p, f.data, f.mode); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, f.mode); err != nil { // WriteFile keeps an existing file's mode
+		if err := writeFileAtomic(filepath.Join(outDir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
 	fmt.Printf("Issued CN=%s, valid until %s, signed by %q.\nWrote %s\n", cn, notAfter.Format(time.RFC3339), root.Subject.CommonName,
 		strings.Join([]string{filepath.Join(outDir, "client_cert.pem"), filepath.Join(outDir, "client_key.pem"), filepath.Join(outDir, "ca.pem")}, ", "))
 	return nil
+}
+
+// writeFileAtomic writes data to a new file that is private (0600) from its
+// creation, gives it mode and renames it over path. Writing into an existing
+// file would put the new private key into that file's inode, readable by
+// anyone who opened it while it was readable (or through a hard link) before
+// any chmod.
+func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op once renamed
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

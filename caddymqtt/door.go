@@ -21,6 +21,11 @@ const maxPacketSizeLimit = 268435455 + 5
 // layer4 mqtt handler) takes in its own mqtt block. Each one wins over the
 // mqtt app's setting of the same name for the clients of that door.
 type DoorOptions struct {
+	// A name for this door in metrics (the door label), logs and the admin
+	// API, for configs with several doors of one kind. Default: the kind,
+	// ws, wss, tcp or tls. Letters, digits, '.', '_' and '-'.
+	Name string `json:"name,omitempty"`
+
 	// Allow clients without a username on this door.
 	AllowAnonymous *bool `json:"allow_anonymous,omitempty"`
 
@@ -48,6 +53,9 @@ type DoorOptions struct {
 
 	// authKey names this door's files in the app's policy (ProvisionAuth).
 	authKey string
+	// instance identifies this handler, whose connections max_connections
+	// counts (ProvisionAuth).
+	instance *doorInstance
 
 	// QoS 1 and 2 messages written to one client of this door and not yet
 	// acknowledged, at most (an MQTT 5 client's smaller Receive Maximum
@@ -66,11 +74,12 @@ type DoorOptions struct {
 
 // ConnInfo is what the broker is told about a connection of this door.
 func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
-	return broker.ConnInfo{
+	info := broker.ConnInfo{
 		Door:           door,
 		AllowAnonymous: o.AllowAnonymous,
 		Identity:       DoorIdentity(o.UseIdentityAsUsername, o.UseSubjectAsUsername),
 		AuthKey:        o.authKey,
+		Name:           o.Name,
 		Limits: broker.DoorLimits{
 			MaxConnections: o.MaxConnections,
 			MaxPacketSize:  uint32(o.MaxPacketSize),
@@ -80,6 +89,10 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 			MaxKeepalive:        uint16(o.MaxKeepalive),
 		},
 	}
+	if o.instance != nil { // a typed nil would make every such door one
+		info.Handler = o.instance
+	}
+	return info
 }
 
 // Validate checks the door's options.
@@ -87,6 +100,9 @@ func (o DoorOptions) Validate() error {
 	if o.UseIdentityAsUsername != nil && *o.UseIdentityAsUsername &&
 		o.UseSubjectAsUsername != nil && *o.UseSubjectAsUsername {
 		return errors.New("use_identity_as_username and use_subject_as_username exclude each other")
+	}
+	if !validDoorName(o.Name) {
+		return fmt.Errorf("name %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.Name)
 	}
 	if o.MaxConnections < 0 {
 		return fmt.Errorf("max_connections %d must not be negative", o.MaxConnections)
@@ -126,6 +142,7 @@ func validateFlow(inflight, queued int) error {
 //	max_keepalive <seconds>
 //	password_file <path>
 //	acl_file <path>
+//	name <name>
 func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) {
 	var target **bool
 	switch d.Val() {
@@ -150,6 +167,13 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 	case "acl_file":
 		v, err := parseStringArg(d)
 		o.ACLFile = v
+		return true, err
+	case "name":
+		v, err := parseStringArg(d)
+		if err == nil && !validDoorName(v) {
+			err = d.Errf("name '%s': use 1 to 64 letters, digits, '.', '_' or '-'", v)
+		}
+		o.Name = v
 		return true, err
 	case "max_inflight_messages":
 		n, err := parseIntArg(d, 65535)
@@ -195,20 +219,30 @@ func (a *App) unmarshalConnectionRate(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// doorInstance identifies one door handler of one config: a door's
+// max_connections counts the connections of its own handler, not those of
+// every handler of its kind. (Not zero-sized: pointers to distinct
+// zero-sized values may compare equal.)
+type doorInstance struct{ _ byte }
+
 // ProvisionAuth reads the door's own password_file and acl_file into the
 // app's policy, under a key made of the files' paths: the policy is swapped
 // in whole on a reload, so the clients of a door keep their key and see the
-// files' new contents, while a door that now names other files (or is gone)
-// leaves its old clients without rules until they reconnect.
-func (o *DoorOptions) ProvisionAuth(app *App) error {
-	if o.PasswordFile == "" && o.ACLFile == "" {
-		return nil
-	}
-	key := "password_file=" + absPath(o.PasswordFile) + "\x00acl_file=" + absPath(o.ACLFile)
-	if err := app.addDoorAuth(key, o.PasswordFile, o.ACLFile); err != nil {
-		return err
+// files' new contents, while the sessions of a door that now names other
+// files (or gained or lost files of its own, or changed its
+// allow_anonymous) are disconnected by the reload. group is the door's
+// broker.DoorGroup.
+func (o *DoorOptions) ProvisionAuth(app *App, group string) error {
+	o.instance = new(doorInstance)
+	key := ""
+	if o.PasswordFile != "" || o.ACLFile != "" {
+		key = "password_file=" + absPath(o.PasswordFile) + "\x00acl_file=" + absPath(o.ACLFile)
+		if err := app.addDoorAuth(key, o.PasswordFile, o.ACLFile); err != nil {
+			return err
+		}
 	}
 	o.authKey = key
+	app.addDoorKey(group, broker.DoorSignature(key, o.AllowAnonymous))
 	return nil
 }
 
@@ -220,4 +254,17 @@ func absPath(p string) string {
 		return abs
 	}
 	return p
+}
+
+// validDoorName reports whether name can label a door ("" is the default).
+func validDoorName(name string) bool {
+	if len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

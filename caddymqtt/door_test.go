@@ -70,3 +70,27 @@ func TestDoorAuthFilesCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+func TestDoorNameCaddyfile(t *testing.T) {
+	h := new(Handler)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("mqtt {\n\tname plant-a.ws_1\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.DoorOptions.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if info := h.ConnInfo(broker.DoorWS); info.Name != "plant-a.ws_1" || info.Label() != "plant-a.ws_1" || info.Door != broker.DoorWS {
+		t.Fatalf("conn info %+v", info)
+	}
+	if l := new(Handler).ConnInfo(broker.DoorWSS).Label(); l != "wss" {
+		t.Fatalf("unnamed door labelled %q", l)
+	}
+	for _, in := range []string{"mqtt {\n\tname\n}", "mqtt {\n\tname a b\n}", "mqtt {\n\tname \"a\\\"b\"\n}", "mqtt {\n\tname " + strings.Repeat("x", 65) + "\n}"} {
+		if err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil || !strings.Contains(err.Error(), "Testfile:2") {
+			t.Errorf("%q: error %v, want one at Testfile:2", in, err)
+		}
+	}
+	if err := (DoorOptions{Name: "a{b}"}).Validate(); err == nil {
+		t.Error("a JSON name with braces was accepted")
+	}
+}

@@ -36,8 +36,16 @@ type Handler struct {
 	// allowed besides the request's own host. Browsers send Origin; by
 	// default only pages of the same host may connect, which keeps other
 	// sites from using a visitor's browser against the broker. "*" allows
-	// every origin.
+	// every origin, except for requests that carry a TLS client
+	// certificate (see InsecureAnyOrigin); it cannot be combined with
+	// use_identity_as_username or use_subject_as_username.
 	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+
+	// Lets "*" in allowed_origins also admit cross-site requests with a TLS
+	// client certificate. A browser sends its user's client certificate to
+	// any page's WebSocket, so with it any web page the device owner
+	// visits can act as that device (cross-site WebSocket hijacking).
+	InsecureAnyOrigin bool `json:"insecure_any_origin,omitempty"`
 
 	DoorOptions
 
@@ -63,7 +71,36 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	return h.DoorOptions.ProvisionAuth(h.app)
+	if err := h.DoorOptions.ProvisionAuth(h.app, broker.DoorGroup(broker.DoorWS)); err != nil {
+		return err
+	}
+	if h.anyOrigin() && !h.InsecureAnyOrigin && h.certIdentity() {
+		return errors.New(`allowed_origins "*" with usernames from client certificates lets any web page ` +
+			`the certificate's owner visits connect as that user (cross-site WebSocket hijacking): ` +
+			`list the allowed origins, or add insecure_any_origin if that is really wanted`)
+	}
+	return nil
+}
+
+func (h *Handler) anyOrigin() bool {
+	for _, p := range h.AllowedOrigins {
+		if p == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+// certIdentity reports whether usernames come from client certificates on
+// this door (its own setting, else the app's).
+func (h *Handler) certIdentity() bool {
+	switch DoorIdentity(h.UseIdentityAsUsername, h.UseSubjectAsUsername) {
+	case broker.IdentityCN, broker.IdentitySubject:
+		return true
+	case broker.IdentityNone:
+		return false
+	}
+	return h.app.UseIdentityAsUsername || h.app.UseSubjectAsUsername
 }
 
 // Validate checks the origin patterns.
@@ -99,13 +136,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	_ = rc.SetWriteDeadline(time.Time{})
 
 	opts := &websocket.AcceptOptions{Subprotocols: Subprotocols}
-	for _, p := range h.AllowedOrigins {
-		if p == "*" {
-			opts.InsecureSkipVerify = true
+	// A client certificate is a credential the browser adds by itself, to
+	// any page's request: "*" does not extend to those requests unless
+	// insecure_any_origin says so.
+	withCert := r.TLS != nil && len(r.TLS.PeerCertificates) > 0
+	if h.anyOrigin() && (!withCert || h.InsecureAnyOrigin) {
+		opts.InsecureSkipVerify = true
+	} else {
+		for _, p := range h.AllowedOrigins {
+			if p != "*" { // path.Match would let "*" match any host
+				opts.OriginPatterns = append(opts.OriginPatterns, p)
+			}
 		}
-	}
-	if !opts.InsecureSkipVerify {
-		opts.OriginPatterns = h.AllowedOrigins
 	}
 	ws, err := websocket.Accept(w, r, opts)
 	if err != nil {

@@ -91,6 +91,8 @@ type V5 struct {
 	Msgs       chan *paho.Publish
 	Disconnect chan *paho.Disconnect
 	Lost       atomic.Bool
+	// SessionPresent is the CONNACK's.
+	SessionPresent bool
 }
 
 // ConnectV5 connects an MQTT 5 client through door.
@@ -128,6 +130,7 @@ func connectV5Over(t testing.TB, conn net.Conn, door, id string, mod ...func(*pa
 	if ca.ReasonCode != 0 {
 		t.Fatalf("v5 connect via %s: reason %#x", door, ca.ReasonCode)
 	}
+	v.SessionPresent = ca.SessionPresent
 	t.Cleanup(func() { _ = v.Client.Disconnect(&paho.Disconnect{}) })
 	return v
 }

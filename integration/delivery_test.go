@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -443,5 +444,54 @@ func mqttjsPublish(t *testing.T, c *Caddy, node, door, topic string, n, inflight
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"ok":true`) {
 		t.Fatalf("MQTT.js publisher: %v\n%s", err, out)
+	}
+}
+
+// TestSessionTakeoverByAnotherUser: alice's persistent session (MQTT 5,
+// paho) has 10 QoS 1 messages queued; bob logs in with alice's client id
+// through every door: Session Present 0, none of alice's messages, and
+// publishes to alice's topic do not reach him. Before the fix bob got
+// alice's queue and subscription (mochi hands a session to any
+// connection with its client id).
+func TestSessionTakeoverByAnotherUser(t *testing.T) {
+	mosquittoPasswd := needTool(t, "mosquitto_passwd")
+	pwfile := filepath.Join(t.TempDir(), "passwd")
+	for i, user := range []string{"alice", "bob"} {
+		args := []string{"-b", pwfile, user, user + "-pass"}
+		if i == 0 {
+			args = append([]string{"-c"}, args...)
+		}
+		if out, err := exec.Command(mosquittoPasswd, args...).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+		}
+	}
+	c := startCaddyWith(t, authCaddyfile, CaddyConfig{Ports: freePorts(t), Extra: "password_file " + pwfile})
+	for _, door := range Doors {
+		t.Run(door, func(t *testing.T) {
+			id, topic := "device-"+door, "alice/"+door
+			persistent := func(cp *paho.Connect) {
+				cp.CleanStart = false
+				expiry := uint32(3600)
+				cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &expiry}
+			}
+			alice := c.ConnectV5(t, door, id, withLogin("alice", "alice-pass"), persistent)
+			alice.Subscribe(t, topic, 1)
+			_ = alice.Client.Disconnect(&paho.Disconnect{})
+			pub := c.ConnectV5(t, "tcp", "pub-"+door, withLogin("alice", "alice-pass"))
+			for i := range 10 {
+				pub.Publish(t, topic, 1, false, []byte(strconv.Itoa(i)))
+			}
+			conn := c.Dial(t, door)
+			bob := connectV5Over(t, conn, door, id, withLogin("bob", "bob-pass"), persistent)
+			if bob.SessionPresent {
+				t.Fatal("bob resumed alice's session")
+			}
+			pub.Publish(t, topic, 1, false, []byte("later"))
+			select {
+			case m := <-bob.Msgs:
+				t.Fatalf("bob got alice's message %q on %s", m.Payload, m.Topic)
+			case <-time.After(500 * time.Millisecond):
+			}
+		})
 	}
 }

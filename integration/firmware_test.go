@@ -65,7 +65,7 @@ func TestDeviceSimulator(t *testing.T) {
 	// Devices prove who they are with certificates on the MQTT/TLS door;
 	// the page logs in with a password over WSS, so that door does not take
 	// the identity from a certificate.
-	tmpl := derive(identityCaddyfile, "trust_pool file @CA@", "trust_pool pki_root local",
+	tmpl := derive(deviceCACaddyfile,
 		"mqtt /mqtt {\n\t\tuse_identity_as_username\n", "mqtt /mqtt {\n\t\tuse_identity_as_username false\n")
 	c := startCaddyWith(t, tmpl, CaddyConfig{Ports: freePorts(t), Extra: fmt.Sprintf(
 		"password_file %s\n\t\tacl_file %s\n\t\tuse_identity_as_username", pwfile, aclfile)})
@@ -82,7 +82,7 @@ func TestDeviceSimulator(t *testing.T) {
 			"--client-id", "esp8266-tcp", "--username", "esp8266-tcp", "--password", "device-secret"}},
 		{"tls-certificate", []string{"--host", "localhost", "--port", fmt.Sprint(c.Ports.TLS),
 			"--client-id", "esp8266-tls",
-			"--cafile", filepath.Join(certDir, "ca.pem"),
+			"--cafile", filepath.Join(certDir, "server_ca.pem"),
 			"--certfile", filepath.Join(certDir, "client_cert.pem"),
 			"--keyfile", filepath.Join(certDir, "client_key.pem")}},
 	} {

@@ -291,13 +291,13 @@ func caddyCmd(t *testing.T, c *Caddy, stdin string, args ...string) (string, err
 }
 
 // TestMQTTCertCommand: `caddy mqtt cert` issues a device certificate from
-// the pki app's local CA that mosquitto_pub (MQTT/TLS door, trust_pool
-// pki_root local) and a Go client (WSS) both use, and the broker knows the
-// client by the certificate's CN. Its ca.pem also verifies the server.
+// the pki app's mqtt-devices CA that mosquitto_pub (MQTT/TLS door,
+// trust_pool pki_root mqtt-devices) and a Go client (WSS) both use, and the
+// broker knows the client by the certificate's CN. Its server_ca.pem
+// verifies the server.
 func TestMQTTCertCommand(t *testing.T) {
 	needTool(t, "mosquitto_pub")
-	tmpl := strings.ReplaceAll(identityCaddyfile, "trust_pool file @CA@", "trust_pool pki_root local")
-	c := startCaddyWith(t, tmpl, CaddyConfig{Ports: freePorts(t), Extra: identityACL})
+	c := startCaddyWith(t, deviceCACaddyfile, CaddyConfig{Ports: freePorts(t), Extra: identityACL})
 	observer := c.ConnectV5(t, "tcp", "observer")
 	observer.Subscribe(t, "secure/#", 1)
 
@@ -308,7 +308,7 @@ func TestMQTTCertCommand(t *testing.T) {
 	if o, err := caddyCmd(t, c, "", "mqtt", "cert", "--cn", "device.example_corp", "--out", out); err == nil {
 		t.Fatalf("caddy mqtt cert overwrote existing files:\n%s", o)
 	}
-	cert, key, caPEM := filepath.Join(out, "client_cert.pem"), filepath.Join(out, "client_key.pem"), filepath.Join(out, "ca.pem")
+	cert, key, caPEM := filepath.Join(out, "client_cert.pem"), filepath.Join(out, "client_key.pem"), filepath.Join(out, "server_ca.pem")
 	leaf := readCert(t, cert)
 	if leaf.Subject.CommonName != "device.example_corp" || leaf.PublicKeyAlgorithm != x509.ECDSA {
 		t.Fatalf("issued %v %v", leaf.Subject, leaf.PublicKeyAlgorithm)
@@ -320,7 +320,7 @@ func TestMQTTCertCommand(t *testing.T) {
 		t.Fatalf("client_key.pem mode %v", st.Mode().Perm())
 	}
 
-	// mosquitto_pub trusts ca.pem for the server too.
+	// mosquitto_pub verifies the server with server_ca.pem.
 	o, err := exec.Command("mosquitto_pub", "-h", "localhost", "-p", fmt.Sprint(c.Ports.TLS), "--cafile", caPEM,
 		"--cert", cert, "--key", key, "-t", "secure/topic", "-m", "from mosquitto_pub", "-q", "1").CombinedOutput()
 	if err != nil {

@@ -49,7 +49,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	return h.DoorOptions.ProvisionAuth(h.app)
+	return h.DoorOptions.ProvisionAuth(h.app, broker.DoorGroup(broker.DoorTCP))
 }
 
 // Handle serves the MQTT session. The layer4 server closes the connection
@@ -92,6 +92,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //		max_queued_messages <n>
 //		password_file <path>
 //		acl_file <path>
+//		name <name>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name

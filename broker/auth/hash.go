@@ -246,16 +246,28 @@ func (h *argon2Hash) verify(password string) bool {
 
 type bcryptHash []byte
 
+// maxBcryptCost is the highest bcrypt cost accepted. Each step doubles the
+// work: cost 14 takes about a second per check on one core, and the
+// format allows 31, which would take days — every CONNECT for that user (or
+// against it as the decoy) would hold a hash slot that long.
+const maxBcryptCost = 14
+
 func parseBcrypt(encoded string) (verifier, error) {
-	if _, err := bcrypt.Cost([]byte(encoded)); err != nil {
+	cost, err := bcrypt.Cost([]byte(encoded))
+	if err != nil {
 		return nil, fmt.Errorf("malformed bcrypt hash: %v", err)
+	}
+	if cost > maxBcryptCost {
+		return nil, fmt.Errorf("bcrypt cost %d is over the maximum of %d (each step doubles the time of every login)", cost, maxBcryptCost)
 	}
 	return bcryptHash(encoded), nil
 }
 
 func (h bcryptHash) verify(password string) bool {
-	// bcrypt ignores bytes after the 72nd; x/crypto refuses them instead,
-	// which only ever turns an accept into a reject.
+	// bcrypt only uses the first 72 bytes of a password. x/crypto refuses
+	// longer ones when hashing, but CompareHashAndPassword silently ignores
+	// the bytes after the 72nd, as C implementations do: two passwords that
+	// share their first 72 bytes both match.
 	return bcrypt.CompareHashAndPassword(h, []byte(password)) == nil
 }
 

@@ -23,15 +23,24 @@ type Passwords struct {
 	mu    sync.RWMutex
 	users map[string]verifier
 	line  map[string]int // where each user came from, for duplicate errors
+	// encoded is each user's hash as written, which identifies the entry
+	// that let a client in (Fingerprint).
+	encoded map[string]string
 	// decoy is checked for unknown users so that they take about as long
-	// as known ones and response times do not reveal which users exist.
-	decoy verifier
+	// as known ones and response times do not reveal which users exist:
+	// the first hash of the file's most common kind and cost (kinds), so
+	// that a few fast legacy lines do not make unknown users fast.
+	decoy     verifier
+	decoyKind string
+	kinds     map[string]int
+	sample    map[string]verifier
 }
 
 // NewPasswords returns an empty set; Check refuses everyone until users
 // are added.
 func NewPasswords() *Passwords {
-	return &Passwords{users: map[string]verifier{}, line: map[string]int{}}
+	return &Passwords{users: map[string]verifier{}, line: map[string]int{}, encoded: map[string]string{},
+		kinds: map[string]int{}, sample: map[string]verifier{}}
 }
 
 // ParsePasswordFile reads a mosquitto-style password file: one
@@ -90,10 +99,55 @@ func (p *Passwords) add(user, encodedHash string, lineNo int) error {
 	}
 	p.users[user] = v
 	p.line[user] = lineNo
-	if p.decoy == nil {
-		p.decoy = v
+	p.encoded[user] = encodedHash
+	kind := hashKind(encodedHash)
+	p.kinds[kind]++
+	if p.sample[kind] == nil {
+		p.sample[kind] = v
+	}
+	if p.decoy == nil || p.kinds[kind] > p.kinds[p.decoyKind] {
+		p.decoy, p.decoyKind = p.sample[kind], kind
 	}
 	return nil
+}
+
+// hashKind is an encoded hash's algorithm and cost parameters, without salt
+// and hash: lines of one kind take the same time to check.
+func hashKind(encoded string) string {
+	switch {
+	case strings.HasPrefix(encoded, "$argon2id$"):
+		// $argon2id$v=19$m=...,t=...,p=...$salt$hash
+		parts := strings.Split(encoded, "$")
+		if len(parts) > 3 {
+			return strings.Join(parts[:4], "$")
+		}
+	case strings.HasPrefix(encoded, "$7$"):
+		// $7$iterations$salt$hash
+		parts := strings.Split(encoded, "$")
+		if len(parts) > 2 {
+			return strings.Join(parts[:3], "$")
+		}
+	case strings.HasPrefix(encoded, "$2"):
+		// $2b$cost$...
+		if len(encoded) >= 7 {
+			return encoded[:7]
+		}
+	case strings.HasPrefix(encoded, "$6$"):
+		return "$6$"
+	}
+	return encoded
+}
+
+// Fingerprint returns user's hash as it was read (never a password), or ""
+// for an unknown user. Two password sets give the same fingerprint for a
+// user exactly when the user's entry did not change.
+func (p *Passwords) Fingerprint(user string) string {
+	if p == nil {
+		return ""
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.encoded[user]
 }
 
 // ValidUsername reports why user cannot be stored in a password file: it
@@ -120,7 +174,8 @@ var fallbackDecoy = &pbkdf2Hash{iterations: DefaultPBKDF2Iterations, salt: make(
 
 // Check reports whether password is right for user. Unknown users are
 // refused after a hash computation of the same kind as for a known user
-// (the first one added), so timing does not tell which users exist.
+// (the file's most common kind and cost), so timing does not tell which
+// users exist.
 func (p *Passwords) Check(user, password string) bool {
 	if p == nil {
 		return false
