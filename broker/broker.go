@@ -108,6 +108,10 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// identifiers bound it anyway.
 	caps.MaximumInflight = math.MaxUint16
 	caps.ReceiveMaximum = opts.ReceiveMaximum
+	// See acks.go: acknowledgements carry no copy of the message's
+	// properties.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	caps.TopicAliasMaximum = uint16(max(opts.TopicAliasMaximum, 0))
 	caps.MaximumMessageExpiryInterval = int64(opts.MaxMessageExpiry / time.Second)
 	if opts.MaxSessionExpiry > 0 {
 		caps.MaximumSessionExpiryInterval = uint32(min(opts.MaxSessionExpiry/time.Second, math.MaxUint32))
@@ -154,6 +158,20 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// a queue to reorder, and sessionHook may discard it first.
 	for _, h := range []mqtt.Hook{&packetIDHook{}, &sessionHook{b: b}, &retainedHook{b: b}, &backpressureHook{}} {
 		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, err
+		}
+	}
+	// Protocol details mochi gets wrong or leaves out, one hook each; after
+	// packetIDHook, so that what they write carries mochi's packet
+	// identifiers, which packetIDHook maps back.
+	for _, hook := range []mqtt.Hook{
+		&ackHook{b: b},          // acks.go
+		&publishCheckHook{b: b}, // publishcheck.go
+		&keepaliveHook{b: b},    // keepalive.go
+		&willPropsHook{},        // will.go
+		newSharedHook(b),        // shared.go
+	} {
+		if err := b.srv.AddHook(hook, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -242,7 +260,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if !b.opts.NoMetrics {
 		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
 	}
-	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize}
+	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize, cc: cc}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
@@ -436,6 +454,10 @@ type clientConn struct {
 	feed         feedState              // retained.go
 	m            connMetrics            // metrics.go
 	authed       atomic.Pointer[authed] // recheck.go
+
+	// refusedPublish is the topic of the MQTT 3 publish being processed
+	// that the ACL refused (publishcheck.go); mochi's read loop only.
+	refusedPublish string
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

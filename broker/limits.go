@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -24,6 +25,9 @@ type DoorLimits struct {
 	// this door's clients (0: the broker's). See Options and flow.go.
 	MaxInflightMessages int
 	MaxQueuedMessages   int
+	// MaxKeepalive replaces the broker's max_keepalive for this door's
+	// clients (0: the broker's). See Options.MaxKeepalive.
+	MaxKeepalive uint16
 }
 
 // Errors for connections refused by a limit.
@@ -151,12 +155,25 @@ type packetLimitConn struct {
 	net.Conn
 	limit        uint32
 	connectLimit uint32
+	cc           *clientConn
 
 	// The first packet: collected until complete (first), then handed out
 	// from first[off:] before reads pass through.
 	first       []byte
 	off         int
 	passThrough bool
+
+	// Set at CONNECT by keepaliveHook, then read by mochi's read loop only.
+	cl        *mqtt.Client
+	version   byte
+	keepalive uint16
+	tooLarge  uint32 // size of the packet refused for its size
+
+	// Decoding check of an MQTT 5 client's packets (readcheck.go).
+	check     bool
+	capturing bool
+	typeByte  byte
+	body      []byte
 
 	// Parser state: reading the type byte, the remaining length, or
 	// skipping over the rest of the packet.
@@ -174,7 +191,10 @@ func (c *packetLimitConn) Read(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(p)
 	if perr := c.scan(p[:n]); perr != nil {
-		return 0, perr
+		return 0, c.readFailed(perr)
+	}
+	if err != nil {
+		err = c.readFailed(err)
 	}
 	return n, err
 }
@@ -187,7 +207,7 @@ func (c *packetLimitConn) readFirst(p []byte) (int, error) {
 	for c.collecting() {
 		n, err := c.Conn.Read(p)
 		if perr := c.scan(p[:n]); perr != nil {
-			return 0, perr
+			return 0, c.readFailed(perr)
 		}
 		c.first = append(c.first, p[:n]...)
 		if err != nil && c.collecting() {
@@ -215,13 +235,22 @@ func (c *packetLimitConn) scan(b []byte) error {
 		case c.remaining > 0:
 			skip := min(uint32(len(b)), c.remaining)
 			c.remaining -= skip
+			if c.capturing {
+				c.body = append(c.body, b[:skip]...)
+			}
 			b = b[skip:]
 			if c.remaining == 0 {
 				c.complete++
+				if c.capturing {
+					if err := c.checkPacket(); err != nil {
+						return err
+					}
+				}
 			}
 		case !c.inLength:
 			// The type byte of the next packet.
 			c.inLength, c.length, c.shift, c.lenBytes = true, 0, 0, 0
+			c.typeByte = b[0]
 			b = b[1:]
 		default:
 			v := b[0]
@@ -241,11 +270,20 @@ func (c *packetLimitConn) scan(b []byte) error {
 				limit = c.connectLimit
 			}
 			if 1+c.lenBytes+c.length > limit {
+				c.tooLarge = 1 + c.lenBytes + c.length
 				return packets.ErrPacketTooLarge
 			}
 			c.remaining = c.length
+			// See readcheck.go.
+			c.capturing = c.check && c.length <= maxCheckedPacket
+			c.body = c.body[:0]
 			if c.length == 0 {
 				c.complete++
+				if c.capturing {
+					if err := c.checkPacket(); err != nil {
+						return err
+					}
+				}
 			}
 		}
 	}

@@ -24,6 +24,11 @@ type mochiLogHandler struct {
 var demoted = map[string]bool{
 	"error processing packet":        true,
 	mqtt.ErrMinimumKeepalive.Error(): true,
+	// ... and its start-up lines, which name the doors "caddy:tcp" and the
+	// like; the mqtt app logs where the doors are instead.
+	"attached listener": true,
+	"added hook":        true,
+	"stopping hook":     true,
 }
 
 // throttled are mochi's warnings that repeat for every message a client

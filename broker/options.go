@@ -2,6 +2,7 @@ package broker
 
 import (
 	"log/slog"
+	"math"
 	"time"
 )
 
@@ -42,6 +43,21 @@ type Options struct {
 	// ReceiveMaximum is the number of unacknowledged QoS 1/2 publishes the
 	// broker accepts from one client at a time. Default 1024.
 	ReceiveMaximum uint16
+
+	// TopicAliasMaximum is the highest topic alias an MQTT 5 client may
+	// set on its publishes; it is advertised in the CONNACK, and a client
+	// that goes over it is disconnected with 0x94. mochi's default is
+	// 65535 aliases per client, each holding a topic name: a cheap way to
+	// make the broker hold memory. 0 means DefaultTopicAliasMaximum; a
+	// negative value turns client topic aliases off (0x94 for any alias).
+	TopicAliasMaximum int
+
+	// MaxKeepalive is the longest keep alive, in seconds, a client may ask
+	// for (mosquitto's max_keepalive): an MQTT 5 client asking for more, or
+	// for 0, is told this value in the CONNACK's Server Keep Alive; an
+	// MQTT 3 client is refused with return code 2 (identifier rejected), as
+	// mosquitto does. 0 or 65535 means no cap. A door may set its own.
+	MaxKeepalive uint16
 
 	// MaxClients caps the connected clients over all doors (0 = no limit).
 	MaxClients int64
@@ -99,6 +115,7 @@ const (
 	DefaultConnectTimeout      = 10 * time.Second
 	DefaultSysInterval         = 10 * time.Second
 	DefaultWriteTimeout        = 30 * time.Second
+	DefaultTopicAliasMaximum   = 10
 )
 
 // WithDefaults returns o with every zero field set to its default.
@@ -129,6 +146,11 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.MaxConnectionRate > 0 && o.ConnectionRateInterval <= 0 {
 		o.ConnectionRateInterval = time.Second
+	}
+	if o.TopicAliasMaximum == 0 {
+		o.TopicAliasMaximum = DefaultTopicAliasMaximum
+	} else if o.TopicAliasMaximum < 0 || o.TopicAliasMaximum > math.MaxUint16 {
+		o.TopicAliasMaximum = min(max(o.TopicAliasMaximum, -1), math.MaxUint16)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -78,6 +78,18 @@ type App struct {
 	// in the SUBACK (reason 0x87). 0 means no limit. Fixed.
 	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
 
+	// The longest keep alive, in seconds, a client may ask for
+	// (mosquitto's max_keepalive): an MQTT 5 client asking for more, or for
+	// 0, is told this value in the CONNACK (Server Keep Alive); an MQTT 3
+	// client is refused (return code 2), as mosquitto does. Default 65535:
+	// no cap. A door's own max_keepalive wins for its clients. Fixed.
+	MaxKeepalive int `json:"max_keepalive,omitempty"`
+
+	// The highest topic alias an MQTT 5 client may use on its publishes,
+	// advertised in the CONNACK; 0 turns client topic aliases off. Each
+	// alias holds a topic name per client. Default 10. Fixed.
+	TopicAliasMaximum *int `json:"topic_alias_maximum,omitempty"`
+
 	// How many connections one client IP may open per
 	// connection_rate_interval (default 1s): that many at once, then evenly
 	// spread. Connections over it are closed at once. 0 means no limit.
@@ -113,11 +125,13 @@ type App struct {
 	// Users, ACL and certificate identity (password_file, acl_file, ...).
 	AuthConfig
 
-	shared  *sharedBroker
-	policy  broker.Policy
-	restore func()
-	logger  *zap.Logger
-	tlsApp  *caddytls.TLS
+	shared   *sharedBroker
+	reloaded bool // the broker was there before this config
+	ctx      caddy.Context
+	policy   broker.Policy
+	restore  func()
+	logger   *zap.Logger
+	tlsApp   *caddytls.TLS
 }
 
 // CaddyModule returns the Caddy module information.
@@ -133,6 +147,7 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 // `caddy validate` opens nothing.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.ctx = ctx
 	opts := a.brokerOptions()
 	val, loaded, err := brokers.LoadOrNew(brokerKey, func() (caddy.Destructor, error) {
 		return &sharedBroker{opts: opts}, nil
@@ -141,9 +156,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.shared = val.(*sharedBroker)
-	if loaded {
-		a.shared.warnFixedChanges(a.logger, opts)
-	}
+	// Warned in Start: a config that fails validation or provisioning
+	// changes nothing.
+	a.reloaded = loaded
 	// Read the password and ACL files now, so that `caddy validate` and a
 	// failed reload report their errors; Start swaps the policy in.
 	policy, err := a.BuildPolicy(a.AllowAnonymous)
@@ -173,6 +188,12 @@ func (a *App) Validate() error {
 	if err := validateFlow(a.MaxInflightMessages, a.MaxQueuedMessages); err != nil {
 		return err
 	}
+	if a.MaxKeepalive < 0 || a.MaxKeepalive > 65535 {
+		return fmt.Errorf("max_keepalive %d out of range (0 to 65535)", a.MaxKeepalive)
+	}
+	if a.TopicAliasMaximum != nil && (*a.TopicAliasMaximum < 0 || *a.TopicAliasMaximum > 65535) {
+		return fmt.Errorf("topic_alias_maximum %d out of range (0 to 65535)", *a.TopicAliasMaximum)
+	}
 	return a.Storage.validate()
 }
 
@@ -188,7 +209,11 @@ func (a *App) Start() error {
 	if err := a.manageTLSNames(); err != nil {
 		return err
 	}
+	if a.reloaded {
+		a.shared.warnFixedChanges(a.logger, a.brokerOptions())
+	}
 	a.shared.setShutdownTimeout(a.shutdownTimeout())
+	a.logHTTPDoors(a.ctx) // doorlog.go
 	a.restore = b.SetPolicy(a.policy)
 	return nil
 }
@@ -232,6 +257,8 @@ func (a *App) brokerOptions() broker.Options {
 		MaxInflightMessages:    uint16(a.MaxInflightMessages),
 		MaxClients:             int64(a.MaxConnections),
 		MaxSubscriptions:       a.MaxSubscriptions,
+		MaxKeepalive:           uint16(a.MaxKeepalive),
+		TopicAliasMaximum:      topicAliasMaximum(a.TopicAliasMaximum),
 		MaxConnectionRate:      a.MaxConnectionRate,
 		ConnectionRateInterval: time.Duration(a.ConnectionRateInterval),
 		ConnectTimeout:         time.Duration(a.ConnectTimeout),
@@ -240,6 +267,18 @@ func (a *App) brokerOptions() broker.Options {
 		Storage:                a.Storage.brokerStorage(),
 		Logger:                 slog.New(zapslog.NewHandler(caddy.Log().Core(), zapslog.WithName("mqtt.broker"))),
 	}.WithDefaults()
+}
+
+// topicAliasMaximum maps the app's setting (nil: default, 0: off) to the
+// broker's (0: default, negative: off).
+func topicAliasMaximum(n *int) int {
+	switch {
+	case n == nil:
+		return 0
+	case *n == 0:
+		return -1
+	}
+	return *n
 }
 
 // defaultShutdownTimeout keeps `caddy stop` well within 5 s.

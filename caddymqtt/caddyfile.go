@@ -2,6 +2,7 @@ package caddymqtt
 
 import (
 	"encoding/json"
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -30,6 +31,8 @@ func init() {
 //		max_inflight_messages <n>
 //		max_connections <n>
 //		max_subscriptions <n>
+//		max_keepalive <seconds>
+//		topic_alias_maximum <n>
 //		max_connection_rate <n> [<per duration>]
 //		connect_timeout <duration>
 //		sys_interval <duration>
@@ -85,13 +88,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_connect_size":
 			a.MaxConnectSize, err = parseSizeArg(d)
 		case "max_queued_messages":
-			a.MaxQueuedMessages, err = parseIntArg(d)
+			a.MaxQueuedMessages, err = parseIntArg(d, 65535)
 		case "max_inflight_messages":
-			a.MaxInflightMessages, err = parseIntArg(d)
+			a.MaxInflightMessages, err = parseIntArg(d, 65535)
 		case "max_connections":
-			a.MaxConnections, err = parseIntArg(d)
+			a.MaxConnections, err = parseIntArg(d, math.MaxInt32)
 		case "max_subscriptions":
-			a.MaxSubscriptions, err = parseIntArg(d)
+			a.MaxSubscriptions, err = parseIntArg(d, math.MaxInt32)
+		case "max_keepalive":
+			a.MaxKeepalive, err = parseIntArg(d, 65535)
+		case "topic_alias_maximum":
+			var n int
+			n, err = parseIntArg(d, 65535)
+			a.TopicAliasMaximum = &n
 		case "max_connection_rate":
 			err = a.unmarshalConnectionRate(d)
 		case "connect_timeout":
@@ -135,6 +144,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_packet_size <size>
 //		max_inflight_messages <n>
 //		max_queued_messages <n>
+//		max_keepalive <seconds>
 //		password_file <path>
 //		acl_file <path>
 //		name <name>
@@ -207,14 +217,16 @@ func parseStringArg(d *caddyfile.Dispenser) (string, error) {
 	return v, nil
 }
 
-func parseIntArg(d *caddyfile.Dispenser) (int, error) {
+// parseIntArg reads a whole number from 0 to max: a number out of range is
+// an error naming the line, never wrapped into range later.
+func parseIntArg(d *caddyfile.Dispenser, max int) (int, error) {
 	opt := d.Val()
 	if !d.NextArg() {
 		return 0, d.ArgErr()
 	}
 	n, err := strconv.Atoi(d.Val())
-	if err != nil || n < 0 {
-		return 0, d.Errf("%s: want a whole number, got '%s'", opt, d.Val())
+	if err != nil || n < 0 || n > max {
+		return 0, d.Errf("%s: want a whole number from 0 to %d, got '%s'", opt, max, d.Val())
 	}
 	if d.NextArg() {
 		return 0, d.ArgErr()
@@ -228,8 +240,8 @@ func parseSizeArg(d *caddyfile.Dispenser) (int, error) {
 		return 0, d.ArgErr()
 	}
 	n, err := humanize.ParseBytes(d.Val())
-	if err != nil || n > 1<<31 {
-		return 0, d.Errf("%s: want a size such as 256KiB or 1MB, got '%s'", opt, d.Val())
+	if err != nil || n > maxPacketSizeLimit {
+		return 0, d.Errf("%s: want a size such as 256KiB or 1MB, at most 256MiB, got '%s'", opt, d.Val())
 	}
 	if d.NextArg() {
 		return 0, d.ArgErr()
@@ -245,6 +257,9 @@ func parseDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	dur, err := caddy.ParseDuration(d.Val())
 	if err != nil {
 		return 0, d.Errf("%s: want a duration such as 10s, got '%s': %v", opt, d.Val(), err)
+	}
+	if dur < 0 {
+		return 0, d.Errf("%s: want a duration of 0 or more, got '%s'", opt, d.Val())
 	}
 	if d.NextArg() {
 		return 0, d.ArgErr()

@@ -95,6 +95,17 @@ atomically and keeps its permissions (new files: 0600). Run
 			case !batch && len(args) == 3:
 				return errors.New("a password on the command line needs -b")
 			}
+			if !create {
+				// Like mosquitto_passwd: only -c creates a file, so a
+				// mistyped path is an error rather than a new file that
+				// Caddy never reads.
+				if _, err := os.Stat(file); err != nil {
+					if errors.Is(err, fs.ErrNotExist) {
+						return fmt.Errorf("%s does not exist; use -c to create it", file)
+					}
+					return err
+				}
+			}
 			if del {
 				return auth.EditPasswordFile(file, func(f *auth.PasswordFile) error {
 					if !f.Delete(user) {

@@ -3,6 +3,7 @@ package caddymqtt
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strconv"
 
@@ -65,6 +66,10 @@ type DoorOptions struct {
 	// flight, connected or not; more are dropped. 0: the app's
 	// max_queued_messages.
 	MaxQueuedMessages int `json:"max_queued_messages,omitempty"`
+
+	// The longest keep alive, in seconds, a client of this door may ask
+	// for (mosquitto's max_keepalive). 0: the app's max_keepalive.
+	MaxKeepalive int `json:"max_keepalive,omitempty"`
 }
 
 // ConnInfo is what the broker is told about a connection of this door.
@@ -81,6 +86,7 @@ func (o DoorOptions) ConnInfo(door broker.Door) broker.ConnInfo {
 
 			MaxInflightMessages: o.MaxInflightMessages,
 			MaxQueuedMessages:   o.MaxQueuedMessages,
+			MaxKeepalive:        uint16(o.MaxKeepalive),
 		},
 	}
 	if o.instance != nil { // a typed nil would make every such door one
@@ -103,6 +109,9 @@ func (o DoorOptions) Validate() error {
 	}
 	if o.MaxPacketSize < 0 || o.MaxPacketSize > maxPacketSizeLimit {
 		return fmt.Errorf("max_packet_size %d out of range (0 to 256 MiB)", o.MaxPacketSize)
+	}
+	if o.MaxKeepalive < 0 || o.MaxKeepalive > 65535 {
+		return fmt.Errorf("max_keepalive %d out of range (0 to 65535)", o.MaxKeepalive)
 	}
 	return validateFlow(o.MaxInflightMessages, o.MaxQueuedMessages)
 }
@@ -130,6 +139,7 @@ func validateFlow(inflight, queued int) error {
 //	max_packet_size <size>
 //	max_inflight_messages <n>
 //	max_queued_messages <n>
+//	max_keepalive <seconds>
 //	password_file <path>
 //	acl_file <path>
 //	name <name>
@@ -143,7 +153,7 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 	case "use_subject_as_username":
 		target = &o.UseSubjectAsUsername
 	case "max_connections":
-		n, err := parseIntArg(d)
+		n, err := parseIntArg(d, math.MaxInt32)
 		o.MaxConnections = n
 		return true, err
 	case "max_packet_size":
@@ -166,12 +176,16 @@ func (o *DoorOptions) UnmarshalDoorOption(d *caddyfile.Dispenser) (bool, error) 
 		o.Name = v
 		return true, err
 	case "max_inflight_messages":
-		n, err := parseIntArg(d)
+		n, err := parseIntArg(d, 65535)
 		o.MaxInflightMessages = n
 		return true, err
 	case "max_queued_messages":
-		n, err := parseIntArg(d)
+		n, err := parseIntArg(d, 65535)
 		o.MaxQueuedMessages = n
+		return true, err
+	case "max_keepalive":
+		n, err := parseIntArg(d, 65535)
+		o.MaxKeepalive = n
 		return true, err
 	default:
 		return false, nil

@@ -32,8 +32,8 @@ func TestDoorOptionsCaddyfile(t *testing.T) {
 	for _, c := range []struct{ input, wantErr string }{
 		{"mqtt {\n\tmax_inflight_messages\n}", "Testfile:2"},
 		{"mqtt {\n\tmax_queued_messages lots\n}", "Testfile:2"},
-		{"mqtt {\n\tmax_inflight_messages -1\n}", "want a whole number, got '-1', at Testfile:2"},
-		{"mqtt {\n\tmax_queued_messages 65536\n}", "max_queued_messages 65536 out of range"},
+		{"mqtt {\n\tmax_inflight_messages -1\n}", "want a whole number from 0 to 65535, got '-1', at Testfile:2"},
+		{"mqtt {\n\tmax_queued_messages 65536\n}", "want a whole number from 0 to 65535, got '65536', at Testfile:2"},
 	} {
 		h := new(Handler)
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(c.input))
@@ -45,12 +45,14 @@ func TestDoorOptionsCaddyfile(t *testing.T) {
 		}
 	}
 
-	app, err := parseGlobal(t, "mqtt {\n\tmax_inflight_messages 5\n\tmax_queued_messages 100000\n}")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := app.Validate(); err == nil || !strings.Contains(err.Error(), "max_queued_messages 100000 out of range") {
+	// Out of range is refused when the Caddyfile is read, naming the line
+	// (it used to wrap to 16 bits); JSON configs are checked by Validate.
+	if _, err := parseGlobal(t, "mqtt {\n\tmax_inflight_messages 5\n\tmax_queued_messages 100000\n}"); err == nil ||
+		!strings.Contains(err.Error(), "got '100000', at Testfile:3") {
 		t.Fatalf("global max_queued_messages 100000: %v", err)
+	}
+	if err := (&App{MaxQueuedMessages: 100000}).Validate(); err == nil || !strings.Contains(err.Error(), "max_queued_messages 100000 out of range") {
+		t.Fatalf("JSON max_queued_messages 100000: %v", err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -48,8 +49,9 @@ type Handler struct {
 
 	DoorOptions
 
-	app    *App
-	logger *zap.Logger
+	app       *App
+	logger    *zap.Logger
+	originLog originLog
 }
 
 // CaddyModule returns the Caddy module information.
@@ -150,6 +152,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	ws, err := websocket.Accept(w, r, opts)
 	if err != nil {
 		// Accept has written the error response (bad handshake, origin).
+		if origin := r.Header.Get("Origin"); origin != "" && strings.Contains(err.Error(), "Origin") {
+			// A page on another origin is the usual first-hour surprise:
+			// say which origin and what to change, once a minute per origin.
+			if h.originLog.allow(origin, time.Now()) {
+				h.logger.Info("mqtt websocket upgrade refused: origin not allowed; add it to the mqtt handler's allowed_origins",
+					zap.String("origin", origin), zap.String("host", r.Host), zap.String("remote", r.RemoteAddr))
+			}
+			return nil
+		}
 		h.logger.Debug("websocket upgrade refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		return nil
 	}
@@ -221,3 +232,24 @@ var (
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+// originLog limits the log lines about refused origins to one a minute per
+// origin. Origins are chosen by whoever sends the request, so the memory is
+// bounded: past 1024 origins it starts afresh.
+type originLog struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func (l *originLog) allow(origin string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[origin]; ok && now.Sub(t) < time.Minute {
+		return false
+	}
+	if l.last == nil || len(l.last) >= 1024 {
+		l.last = make(map[string]time.Time)
+	}
+	l.last[origin] = now
+	return true
+}

@@ -3,6 +3,8 @@ package caddymqtt
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -50,7 +52,16 @@ func (s *StorageConfig) validate() error {
 	if s != nil && s.LockTimeout < 0 {
 		return fmt.Errorf("storage: lock_timeout must not be negative")
 	}
-	return s.brokerStorage().Validate()
+	bs := s.brokerStorage()
+	if err := bs.Validate(); err != nil {
+		if slices.Contains(broker.StorageKinds, bs.Kind) {
+			return err
+		}
+		// The broker knows only the kinds that store something; memory
+		// (or none) is handled here.
+		return fmt.Errorf("unknown storage kind %q (supported: memory, %s)", s.Kind, strings.Join(broker.StorageKinds, ", "))
+	}
+	return nil
 }
 
 // unmarshalStorage parses

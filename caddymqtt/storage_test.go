@@ -23,7 +23,7 @@ func TestStorageCaddyfile(t *testing.T) {
 		{in: "storage bolt state/mqtt.db", want: broker.Storage{Kind: "bolt", Path: filepath.Join(caddy.AppDataDir(), "state", "mqtt.db")}},
 		{in: "storage bolt /var/lib/mqtt.db {\n\t\tlock_timeout 1s\n\t}", want: broker.Storage{Kind: "bolt", Path: "/var/lib/mqtt.db", LockTimeout: 1e9}},
 		{in: "storage", parseErr: "wrong argument count"},
-		{in: "storage badger", parseErr: "unknown storage kind"},
+		{in: "storage badger", parseErr: `unknown storage kind "badger" (supported: memory, bolt)`},
 		{in: "storage bolt a b", parseErr: "wrong argument count"},
 		{in: "storage bolt {\n\t\tsync false\n\t}", parseErr: "unknown storage option"},
 	} {

@@ -22,6 +22,11 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+# --missing: print the missing packages (for ./xcaddy.sh test) and install nothing.
+if [ "${1:-}" = "--missing" ]; then
+  echo "${missing[*]}"
+  exit 0
+fi
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "firmware/ci-deps.sh: all packages installed"
   exit 0

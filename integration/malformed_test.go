@@ -18,17 +18,17 @@ import (
 // round trip and no goroutine is left. TestBadInput covers text frames,
 // subprotocols, non-MQTT bytes, an oversized CONNECT and silent sockets.
 //
-// What mochi v2.7.9 answers, precisely (want below):
-//   - Errors found while reading a packet (fixed header flags, reserved
-//     types, remaining length varint, remaining length over max_packet_size,
-//     undecodable bodies such as an invalid UTF-8 topic) close the
-//     connection with no DISCONNECT, for MQTT 5 too. MQTT 5 §4.13 makes the
-//     DISCONNECT (0x81 malformed, 0x95 packet too large) a SHOULD; closing
-//     is the MUST, and that is what happens.
+// What the broker answers, precisely (want below):
+//   - Errors found while reading a packet after CONNECT (fixed header flags,
+//     reserved types, remaining length varint, remaining length over
+//     max_packet_size, undecodable bodies such as an invalid UTF-8 topic)
+//     get a DISCONNECT for MQTT 5 (0x81 malformed, 0x95 packet too large;
+//     MQTT 5 §4.13 makes it a SHOULD) before the connection closes; mochi
+//     alone closes without one (broker/readcheck.go, keepalive.go).
 //   - Errors found when processing a decoded packet get a DISCONNECT with
-//     reason code for MQTT 5: a second CONNECT and a wildcard in a PUBLISH
-//     topic both give 0x82 (protocol error). MQTT 3.1.1 has no server
-//     DISCONNECT: the connection is closed.
+//     reason code for MQTT 5: a second CONNECT gives 0x82 (protocol error),
+//     a wildcard in a PUBLISH topic 0x90 (topic name invalid). MQTT 3.1.1
+//     has no server DISCONNECT: the connection is closed.
 //   - Before CONNECT nothing is ever sent back (no CONNACK): the first
 //     packet not being a CONNECT, or a CONNECT mochi cannot read, closes the
 //     connection. A CONNECT with a wrong protocol name is answered with a
@@ -113,21 +113,22 @@ func TestMalformedInput(t *testing.T) {
 			return []string{fmt.Sprintf("0xe0:%#02x", code)}
 		}
 		cases = append(cases,
-			tc{"reserved-type-0", v, true, []byte{0x00, 0x00}, nil, 0},
-			tc{"subscribe-bad-flags", v, true, []byte{0x80, 0x06, 0x00, 0x01, 0x00, 0x01, 'a', 0x00}, nil, 0},
-			tc{"publish-qos-3", v, true, []byte{0x36, 0x05, 0x00, 0x01, 'a', 0x00, 0x01}, nil, 0},
-			tc{"pingreq-bad-flags", v, true, []byte{0xc1, 0x00}, nil, 0},
-			tc{"varint-5-bytes-ff", v, true, []byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f}, nil, 0},
+			// A packet type a client never sends is a protocol error (0x82).
+			tc{"reserved-type-0", v, true, []byte{0x00, 0x00}, disc(0x82), 0},
+			tc{"subscribe-bad-flags", v, true, []byte{0x80, 0x06, 0x00, 0x01, 0x00, 0x01, 'a', 0x00}, disc(0x81), 0},
+			tc{"publish-qos-3", v, true, []byte{0x36, 0x05, 0x00, 0x01, 'a', 0x00, 0x01}, disc(0x81), 0},
+			tc{"pingreq-bad-flags", v, true, []byte{0xc1, 0x00}, disc(0x81), 0},
+			tc{"varint-5-bytes-ff", v, true, []byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x7f}, disc(0x81), 0},
 			// The same after CONNECT: closed at once, not by the keepalive.
-			tc{"varint-5-bytes-80", v, true, []byte{0x30, 0x80, 0x80, 0x80, 0x80, 0x80}, nil, 0},
+			tc{"varint-5-bytes-80", v, true, []byte{0x30, 0x80, 0x80, 0x80, 0x80, 0x80}, disc(0x81), 0},
 			// The header says 1 MiB (max_packet_size is 64 KiB) and no
 			// body follows: the server must not wait for it.
-			tc{"remaining-length-over-limit", v, true, append([]byte{0x30}, varint(1<<20)...), nil, 0},
+			tc{"remaining-length-over-limit", v, true, append([]byte{0x30}, varint(1<<20)...), disc(0x95), 0},
 			tc{"second-connect", v, true, connectPacket(v, "second"), disc(0x82), 0},
-			tc{"topic-invalid-utf8", v, true, publish(v, []byte{'a', '/', 0xc3, 0x28}), nil, 0},
-			tc{"topic-nul", v, true, publish(v, []byte{'a', 0x00, 'b'}), nil, 0},
-			tc{"topic-wildcard-plus", v, true, publish(v, []byte("a/+/b")), disc(0x82), 0},
-			tc{"topic-wildcard-hash", v, true, publish(v, []byte("a/#")), disc(0x82), 0},
+			tc{"topic-invalid-utf8", v, true, publish(v, []byte{'a', '/', 0xc3, 0x28}), disc(0x81), 0},
+			tc{"topic-nul", v, true, publish(v, []byte{'a', 0x00, 'b'}), disc(0x81), 0},
+			tc{"topic-wildcard-plus", v, true, publish(v, []byte("a/+/b")), disc(0x90), 0},
+			tc{"topic-wildcard-hash", v, true, publish(v, []byte("a/#")), disc(0x90), 0},
 		)
 		if v == 4 {
 			// 15 is AUTH in MQTT 5 and reserved in 3.1.1.

@@ -150,3 +150,60 @@ func TestMQTTJS(t *testing.T) {
 		}
 	})
 }
+
+// TestMQTTJSProperties: MQTT.js 5 publishes at QoS 1 and 2 with several user
+// properties (a repeated key, UTF-8), content type, response topic,
+// correlation data and payload format; both are acknowledged and everything
+// arrives. mochi answered such a QoS 1 PUBLISH with PUBACK reason 0x01 and
+// the user property echoed back, which MQTT.js never took as the PUBACK.
+func TestMQTTJSProperties(t *testing.T) {
+	node := requireNode(t)
+	c := startCaddy(t, "")
+	for _, door := range []string{"tcp", "ws", "wss"} {
+		t.Run(door, func(t *testing.T) {
+			url := c.URL(door)
+			args := []string{"properties.mjs", strings.Replace(url, "tcp://", "mqtt://", 1), "props/" + door}
+			if door == "wss" {
+				args = append(args, c.RootPath())
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, node, args...)
+			cmd.Dir = jsDir
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			runErr := cmd.Run()
+			lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+			var res struct {
+				OK       bool   `json:"ok"`
+				Acks     int    `json:"acks"`
+				Error    string `json:"error"`
+				Received []struct {
+					QoS             int                 `json:"qos"`
+					Payload         string              `json:"payload"`
+					PayloadFormat   *bool               `json:"payloadFormatIndicator"`
+					ContentType     string              `json:"contentType"`
+					ResponseTopic   string              `json:"responseTopic"`
+					CorrelationData string              `json:"correlationData"`
+					UserProperties  map[string][]string `json:"userProperties"`
+				} `json:"received"`
+			}
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil || runErr != nil || !res.OK {
+				t.Fatalf("properties.mjs via %s: %v / %v / %+v\nstdout: %s\nstderr: %s", door, runErr, err, res, stdout.String(), stderr.String())
+			}
+			if res.Acks != 2 || len(res.Received) != 2 {
+				t.Fatalf("acks %d, received %d", res.Acks, len(res.Received))
+			}
+			for _, m := range res.Received {
+				if m.PayloadFormat == nil || !*m.PayloadFormat || m.ContentType != "text/plain; charset=utf-8" ||
+					m.ResponseTopic != "props/"+door+"/reply" || m.CorrelationData != "000102feff" {
+					t.Fatalf("message %+v lost properties", m)
+				}
+				u := m.UserProperties
+				if strings.Join(u["k"], ",") != "v,w" || strings.Join(u["ключ"], ",") != "значение ✓" || len(u["empty"]) != 1 || u["empty"][0] != "" {
+					t.Fatalf("user properties %v", u)
+				}
+			}
+		})
+	}
+}

@@ -64,6 +64,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		info.Door = broker.DoorTLS
 		info.TLS = states[len(states)-1]
 	}
+	caddymqtt.NoteDoor(h.logger, info.Door, cx.LocalAddr())
 	// cx.RemoteAddr is the real client when a proxy_protocol handler ran
 	// before this one.
 	err = b.Serve(cx, info)
