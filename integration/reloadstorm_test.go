@@ -85,12 +85,21 @@ func TestReloadStorm(t *testing.T) {
 	logFrom := len(c.Log()) // start-up logs probes of the doors
 	start := time.Now()
 	var streamEnd [8]time.Time
+	// Each publisher holds its last 4% until the last reload is done, so
+	// that messages still flow when it ends (the reloads are spaced by the
+	// messages published; a reload takes longer than a few hundred
+	// messages on a fast machine).
+	lastReloadDone := make(chan struct{})
+	holdAt := perPublisher - perPublisher/25
 	var pubWG sync.WaitGroup
 	for i, p := range pubs {
 		pubWG.Add(1)
 		go func() {
 			defer pubWG.Done()
 			for k := range perPublisher {
+				if k == holdAt {
+					<-lastReloadDone
+				}
 				p.publish(k)
 				published.Add(1)
 			}
@@ -106,6 +115,7 @@ func TestReloadStorm(t *testing.T) {
 		c.Reload(CaddyConfig{Body: fmt.Sprintf("storm %d", i)})
 		lastReload = time.Now()
 	}
+	close(lastReloadDone)
 	reloadsTook := time.Since(start)
 	pubWG.Wait()
 	streamTook := time.Since(start)
