@@ -21,7 +21,7 @@ type loadConfig struct {
 	duration   time.Duration
 	count      int     // messages per publisher at most
 	rate       float64 // total msg/s over all publishers; 0 = as fast as the window allows
-	window     int     // published but not yet delivered messages, over all publishers
+	window     int     // messages published and not yet received by the slowest subscriber
 	inflight   int     // unacknowledged QoS 1/2 publishes per publisher
 	batch      int     // messages per write when not rate-limited
 	drain      time.Duration
@@ -34,7 +34,7 @@ type loadState struct {
 	cfg     loadConfig
 	topic   string
 	sent    atomic.Int64
-	recv    atomic.Int64
+	subs    []*subscriber
 	stop    chan struct{}
 	errOnce sync.Once
 	err     error
@@ -50,10 +50,33 @@ func (st *loadState) fail(err error) {
 	st.errOnce.Do(func() { st.err = err })
 }
 
+// received is the number of messages delivered to all subscribers.
+func (st *loadState) received() int64 {
+	var n int64
+	for _, s := range st.subs {
+		n += s.n.Load()
+	}
+	return n
+}
+
+// slowest is the number of messages the slowest subscriber has received
+// (all subscribe to the same topic); with no subscriber, none.
+func (st *loadState) slowest() int64 {
+	if len(st.subs) == 0 {
+		return st.sent.Load()
+	}
+	m := st.subs[0].n.Load()
+	for _, s := range st.subs[1:] {
+		m = min(m, s.n.Load())
+	}
+	return m
+}
+
 type subscriber struct {
+	n   atomic.Int64 // messages received
+	_   [56]byte     // n on a cache line of its own
 	c   *mqttConn
 	lat []int64 // nanoseconds, latency runs only
-	dup int64
 }
 
 func (s *subscriber) run(st *loadState, done *sync.WaitGroup) {
@@ -79,7 +102,7 @@ func (s *subscriber) run(st *loadState, done *sync.WaitGroup) {
 				ts := int64(binary.BigEndian.Uint64(payload))
 				s.lat = append(s.lat, time.Now().UnixNano()-ts)
 			}
-			st.recv.Add(1)
+			s.n.Add(1)
 			switch qos {
 			case 1:
 				s.c.wbuf = appendAck(s.c.wbuf, pktPuback, pid)
@@ -192,10 +215,12 @@ func (p *publisher) run(st *loadState, deadline time.Time, done *sync.WaitGroup)
 			}
 			next = next.Add(interval)
 		}
-		// QoS 0 has no flow control in MQTT: keep at most window messages
-		// between the publishers and the subscribers, so that a broker is
-		// measured at the rate it delivers, not at the rate it drops.
-		for st.sent.Load()-st.recv.Load()/perMsg > window {
+		// QoS 0 has no flow control in MQTT, and a broker's queue per
+		// subscriber is bounded (mosquitto: 1000 messages): keep at most
+		// window messages between the publishers and the slowest
+		// subscriber, so that a broker is measured at the rate it
+		// delivers, not at the rate it drops.
+		for st.sent.Load()-st.slowest() > window {
 			if time.Now().After(deadline) {
 				flush()
 				return
@@ -314,6 +339,7 @@ func runLoad(ctx context.Context, t *target, cfg loadConfig, runID string) (*loa
 	if firstErr != nil {
 		return nil, firstErr
 	}
+	st.subs = subs
 	var readers, writers sync.WaitGroup
 	for _, s := range subs {
 		readers.Add(1)
@@ -340,11 +366,11 @@ func runLoad(ctx context.Context, t *target, cfg loadConfig, runID string) (*loa
 	// quarter of cfg.drain (at least a second), or cfg.drain has passed.
 	quiet := max(time.Second, cfg.drain/4)
 	expected := st.sent.Load() * perMsg
-	last, lastChange := st.recv.Load(), time.Now()
+	last, lastChange := st.received(), time.Now()
 	drainEnd := time.Now().Add(cfg.drain)
 	end := time.Now()
 	for {
-		n := st.recv.Load()
+		n := st.received()
 		now := time.Now()
 		if n != last {
 			last, lastChange = n, now
@@ -361,7 +387,7 @@ func runLoad(ctx context.Context, t *target, cfg loadConfig, runID string) (*loa
 	}
 	cpu1 := sampleCPU()
 	close(st.stop)
-	res := &loadResult{sent: st.sent.Load(), expected: expected, delivered: st.recv.Load(),
+	res := &loadResult{sent: st.sent.Load(), expected: expected, delivered: st.received(),
 		elapsed: end.Sub(start), errs: st.errs.Load()}
 	if cfg.latency {
 		for _, s := range subs {

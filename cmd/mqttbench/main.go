@@ -94,7 +94,7 @@ func main() {
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "publishing time at most")
 	fs.IntVar(&o.count, "count", 10_000_000, "messages per publisher at most")
 	fs.Float64Var(&o.rate, "rate", 0, "total publish rate, msg/s (latency default 5000; 0 = as fast as the window allows)")
-	fs.IntVar(&o.window, "window", 1000, "messages published and not yet delivered, over all publishers (at most 100000 deliveries)")
+	fs.IntVar(&o.window, "window", 500, "messages published and not yet received by the slowest subscriber (and at most 100000 deliveries)")
 	fs.IntVar(&o.inflight, "inflight", 20, "unacknowledged QoS 1/2 publishes per publisher")
 	fs.IntVar(&o.batch, "batch", 16, "messages per write (throughput runs)")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "time to wait for deliveries after publishing")

@@ -4,7 +4,7 @@
 // It writes results.json, results.md and chart.svg to --out.
 //
 //	go run ./cmd/mqttbench/compare --mode quick   # about 5 minutes
-//	go run ./cmd/mqttbench/compare --mode full    # about 25 minutes
+//	go run ./cmd/mqttbench/compare --mode full    # about 20 minutes
 //
 // Run it from the repository root. See docs/PERFORMANCE.md.
 package main
@@ -37,8 +37,9 @@ type benchCase struct {
 	Name   string   `json:"name"`
 	Door   string   `json:"door"` // tcp, ssl, ws, wss
 	Args   []string `json:"args"`
-	Metric string   `json:"metric"` // msg_per_sec, p99_us, kb_per_conn, conns_per_sec
-	Fresh  bool     `json:"-"`      // restart the brokers first (idle memory)
+	Metric string   `json:"metric"`         // msg_per_sec, p99_us, kb_per_conn, conns_per_sec
+	Fresh  bool     `json:"-"`              // restart the brokers first (idle memory)
+	Once   bool     `json:"once,omitempty"` // in the first repetition only (long runs)
 }
 
 func (c benchCase) higherBetter() bool {
@@ -50,7 +51,7 @@ func cases(mode string) []benchCase {
 	idle := []int{2000}
 	connN := "2000"
 	if mode == "full" {
-		d = "--duration=3s"
+		d = "--duration=2s"
 		idle = []int{10000, 19000}
 		connN = "5000"
 	}
@@ -64,6 +65,7 @@ func cases(mode string) []benchCase {
 	}
 	idleCase := func(door string, n int) benchCase {
 		return benchCase{Name: fmt.Sprintf("idle %s connection (%dk)", strings.ToUpper(door), n/1000), Door: door, Metric: "kb_per_conn", Fresh: true,
+			Once: n > 10000,
 			Args: []string{"--scenario=idle", fmt.Sprintf("--conns=%d", n), "--concurrency=32"}}
 	}
 	conn := func(name, door, n string) benchCase {
@@ -277,7 +279,7 @@ func (r run) ok() bool {
 }
 
 func main() {
-	mode := flag.String("mode", "quick", "quick (about 5 minutes) or full (about 25 minutes)")
+	mode := flag.String("mode", "quick", "quick (about 5 minutes) or full (about 20 minutes)")
 	reps := flag.Int("reps", 3, "repetitions; medians are reported")
 	out := flag.String("out", "mqttbench-results", "directory for results.json, results.md, chart.svg and logs")
 	only := flag.String("only", "", "run only the cases whose name matches this regular expression")
@@ -418,6 +420,9 @@ func main() {
 	}
 	for rep := 1; rep <= *reps; rep++ {
 		for ci, c := range cs {
+			if c.Once && rep > 1 {
+				continue
+			}
 			order := slices.Clone(brokers)
 			// Interleave: each repetition and case starts with another broker.
 			k := (rep + ci) % len(order)
