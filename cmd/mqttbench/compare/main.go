@@ -284,7 +284,14 @@ func main() {
 	out := flag.String("out", "mqttbench-results", "directory for results.json, results.md, chart.svg and logs")
 	only := flag.String("only", "", "run only the cases whose name matches this regular expression")
 	profile := flag.Bool("profile", false, "also save CPU profiles of caddy-mqtt during its load runs, and a heap profile during its idle runs")
+	report := flag.String("report", "", "only rebuild results.md and chart.svg in --out from this results.json")
 	flag.Parse()
+	if *report != "" {
+		if err := rebuild(*report, *out); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *mode != "quick" && *mode != "full" {
 		log.Fatal("--mode is quick or full")
 	}
@@ -470,6 +477,36 @@ func main() {
 	os.WriteFile(filepath.Join(*out, "chart.svg"), []byte(chart(cs, runs)), 0o644)
 	fmt.Print(md)
 	log.Printf("done in %v; results in %s", time.Since(started).Round(time.Second), *out)
+}
+
+// rebuild writes results.md and chart.svg from a saved results.json.
+func rebuild(path, out string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var saved struct {
+		Reps  int         `json:"reps"`
+		Cases []benchCase `json:"cases"`
+		Runs  []run       `json:"runs"`
+	}
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return err
+	}
+	for i := range saved.Runs {
+		if err := json.Unmarshal(saved.Runs[i].Result, &saved.Runs[i].res); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	md := summary(saved.Cases, saved.Runs, saved.Reps)
+	fmt.Print(md)
+	if err := os.WriteFile(filepath.Join(out, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(out, "chart.svg"), []byte(chart(saved.Cases, saved.Runs)), 0o644)
 }
 
 // runBench runs mqttbench and parses its JSON line.

@@ -107,6 +107,9 @@ func summary(cs []benchCase, runs []run, reps int) string {
 	for _, c := range cs {
 		m := cells(c, runs)
 		row := []string{c.Name}
+		if c.Once {
+			row[0] += " (one run)"
+		}
 		for _, br := range order {
 			if cl, ok := m[br]; ok {
 				row = append(row, format(c, cl))
@@ -160,6 +163,13 @@ func chart(cs []benchCase, runs []run) string {
 			r, ok := ratio(m, o)
 			by := y + 4 + float64(j)*(barH+2)
 			if !ok {
+				why := "no such door"
+				if cl, ok := m[o]; ok && cl.notOK > 0 {
+					why = o + " lost messages or failed"
+				} else if cl, ok := m["caddy-mqtt"]; ok && cl.notOK > 0 {
+					why = "caddy-mqtt lost messages or failed"
+				}
+				fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="10" fill="#888">vs %s: — (%s)</text>`+"\n", left+4, by+barH-3, o, why)
 				continue
 			}
 			adv := r
