@@ -101,6 +101,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.ShutdownTimeout, err = parseDurationArg(d)
 		case "storage":
 			a.Storage, err = unmarshalStorage(d)
+		case "cluster":
+			a.Cluster, err = unmarshalCluster(d)
 		case "tls_names":
 			names := d.RemainingArgs()
 			if len(names) == 0 {
