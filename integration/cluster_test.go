@@ -2,10 +2,13 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -317,5 +320,58 @@ func TestClusterNATSRestart(t *testing.T) {
 			t.Fatal("cross-node delivery did not resume after NATS came back")
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestClusterSharedCertificateStorage: nodes that share one certmagic
+// storage (here Caddy's file_system module on a shared directory, as a
+// shared volume would be) use one CA and one set of certificates: a client
+// trusting the shared root connects to the TLS door of either node.
+func TestClusterSharedCertificateStorage(t *testing.T) {
+	ns := startNATSServer(t)
+	shared := t.TempDir()
+	root := filepath.Join(shared, "pki", "authorities", "local", "root.crt")
+	tmpl := derive(baseCaddyfile, "\tskip_install_trust\n", "\tskip_install_trust\n\tstorage file_system "+shared+"\n")
+	var nodes []*Caddy
+	for i := 1; i <= 2; i++ {
+		ports := freePorts(t)
+		conf := render(t, tmpl, CaddyConfig{Ports: ports,
+			Extra: fmt.Sprintf("cluster nats {\n\t\t\turl %s\n\t\t\tnode node%d\n\t\t}", ns.url(), i)})
+		nodes = append(nodes, startCaddyConfig(t, conf, ports, ports.TCP, ports.TLS))
+		// The first node creates the CA; later ones find it in storage.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if _, err := os.Stat(root); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no shared CA root")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	pem, err := os.ReadFile(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	for i, c := range nodes {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", c.Ports.TLS),
+				&tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{"mqtt"}})
+			if err == nil {
+				conn.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: TLS door with the shared root: %v", i+1, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(nodes[1].dir, "data", "caddy", "pki")); err == nil {
+		t.Fatal("node 2 made a CA of its own in its data directory")
 	}
 }
