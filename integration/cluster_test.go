@@ -375,3 +375,36 @@ func TestClusterSharedCertificateStorage(t *testing.T) {
 		t.Fatal("node 2 made a CA of its own in its data directory")
 	}
 }
+
+// TestClusterTakeover: the same client id connecting on node 2 closes its
+// connection on node 1 with 0x8E; the new one stays and receives.
+func TestClusterTakeover(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startClusterNodes(t, ns)
+	old := nodes[0].ConnectV5(t, "wss", "roaming")
+	old.Subscribe(t, "roam/#", 1)
+	cur := nodes[1].ConnectV5(t, "tcp", "roaming")
+	select {
+	case d := <-old.Disconnect:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("node 1 connection closed with %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1 connection not taken over")
+	}
+	cur.Subscribe(t, "roam/#", 1)
+	nodes[2].ConnectV5(t, "tls", "roam-pub").Publish(t, "roam/x", 1, false, []byte("x"))
+	select {
+	case m := <-cur.Msgs:
+		if m.Topic != "roam/x" {
+			t.Fatalf("got %s", m.Topic)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the new connection receives nothing")
+	}
+	select {
+	case d := <-cur.Disconnect:
+		t.Fatalf("the new connection was closed: %#x", d.ReasonCode)
+	case <-time.After(300 * time.Millisecond):
+	}
+}

@@ -102,6 +102,7 @@ type Hook struct {
 
 	dedup dedup // inject loop only
 	ret   retained
+	own   owners
 	warn  logEvery
 }
 
@@ -368,10 +369,20 @@ func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	return pk
 }
 
-func (h *Hook) OnUnsubscribed(*mqtt.Client, packets.Packet)       { h.reconcileSoon() }
-func (h *Hook) OnDisconnect(*mqtt.Client, error, bool)            { h.reconcileSoon() }
-func (h *Hook) OnClientExpired(*mqtt.Client)                      { h.reconcileSoon() }
-func (h *Hook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.reconcileSoon() }
+func (h *Hook) OnUnsubscribed(*mqtt.Client, packets.Packet) { h.reconcileSoon() }
+func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if !cl.Net.Inline {
+		h.own.release(h, cl)
+	}
+	h.reconcileSoon()
+}
+func (h *Hook) OnClientExpired(*mqtt.Client) { h.reconcileSoon() }
+func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if !cl.Net.Inline {
+		h.own.claim(h, cl)
+	}
+	h.reconcileSoon()
+}
 
 // want subscribes on NATS for filter if not yet; it reports whether it did.
 func (h *Hook) want(filter string) bool {

@@ -95,6 +95,7 @@ type client struct {
 	mu   sync.Mutex
 	got  []*paho.Publish
 	seen chan struct{}
+	disc chan *paho.Disconnect
 }
 
 func connect(t *testing.T, n *node, id string, opts ...func(*paho.Connect)) *client {
@@ -103,8 +104,9 @@ func connect(t *testing.T, n *node, id string, opts ...func(*paho.Connect)) *cli
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &client{seen: make(chan struct{}, 1)}
+	c := &client{seen: make(chan struct{}, 1), disc: make(chan *paho.Disconnect, 1)}
 	c.Client = paho.NewClient(paho.ClientConfig{Conn: conn,
+		OnServerDisconnect: func(d *paho.Disconnect) { c.disc <- d },
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(r paho.PublishReceived) (bool, error) {
 			c.mu.Lock()
 			c.got = append(c.got, r.Packet)
@@ -470,5 +472,46 @@ func TestLosingNATS(t *testing.T) {
 	}
 	if r := remote.publish(t, &paho.Publish{Topic: "t/5", QoS: 1, Payload: []byte("acked")}); r.ReasonCode != 0 {
 		t.Fatalf("QoS 1 after NATS is back: %#x", r.ReasonCode)
+	}
+}
+
+func TestTakeoverAcrossNodes(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	first := connect(t, nodes[0], "device-7")
+	first.subscribe(t, 1, "cmd/7")
+	// The same client id on node 2: node 1's connection is closed with
+	// 0x8E, Session taken over.
+	second := connect(t, nodes[1], "device-7")
+	select {
+	case d := <-first.disc:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1's connection not taken over")
+	}
+	// The new connection stays, and gets what is published for it.
+	second.subscribe(t, 1, "cmd/7")
+	connect(t, nodes[2], "ctl").publish(t, &paho.Publish{Topic: "cmd/7", QoS: 1, Payload: []byte("go")})
+	second.waitFor(t, 1)
+	select {
+	case d := <-second.disc:
+		t.Fatalf("the newer connection was disconnected: %#x", d.ReasonCode)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// And back to node 1: node 2's is closed.
+	third := connect(t, nodes[0], "device-7")
+	select {
+	case d := <-second.disc:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 2's connection not taken over")
+	}
+	select {
+	case d := <-third.disc:
+		t.Fatalf("the newest connection was disconnected: %#x", d.ReasonCode)
+	case <-time.After(500 * time.Millisecond):
 	}
 }

@@ -81,6 +81,9 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 				r.kv, r.cancel = kv, cancel
 				r.mu.Unlock()
 				go r.watch(h, w)
+				if err := h.own.open(ctx, h, js); err != nil {
+					h.log.Error("mqtt cluster: no session takeover across nodes", "node", h.cfg.Node, "error", err)
+				}
 				return
 			}
 		}
