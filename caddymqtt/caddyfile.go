@@ -38,6 +38,7 @@ func init() {
 //			lock_timeout <duration>
 //		}]
 //		tls_names <names...>
+//		cluster nats { (see unmarshalCluster) }
 //		password_file <path>
 //		acl_file <path>
 //		user <name> <password hash>

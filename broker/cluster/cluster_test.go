@@ -20,7 +20,7 @@ import (
 
 // startNATS runs a real NATS server with JetStream in the test process, on
 // a free loopback port (or port, to restart one), storing in dir.
-func startNATS(t *testing.T, dir string, port int) *server.Server {
+func startNATS(t testing.TB, dir string, port int) *server.Server {
 	t.Helper()
 	if port == 0 {
 		port = -1
@@ -45,7 +45,7 @@ type node struct {
 
 // startNode starts a broker joined to the cluster at url, served on a
 // loopback TCP listener.
-func startNode(t *testing.T, url, name string) *node {
+func startNode(t testing.TB, url, name string) *node {
 	t.Helper()
 	h, err := cluster.New(cluster.Config{URLs: []string{url}, Node: name})
 	if err != nil {
@@ -80,7 +80,7 @@ func startNode(t *testing.T, url, name string) *node {
 	return &node{b: b, hook: h, addr: ln.Addr().String()}
 }
 
-func startCluster(t *testing.T, n int) ([]*node, *server.Server) {
+func startCluster(t testing.TB, n int) ([]*node, *server.Server) {
 	ns := startNATS(t, t.TempDir(), 0)
 	var nodes []*node
 	for i := range n {
