@@ -260,6 +260,15 @@ func (h *Hook) ours(cl *mqtt.Client) bool {
 	return cl.Net.Inline && strings.HasPrefix(cl.ID, "\x00cluster/"+h.token)
 }
 
+// MaxSubjectLength bounds the subjects the cluster uses. A NATS server
+// closes a connection whose protocol line exceeds its max_control_line
+// (4 KiB by default), so one client publishing or subscribing to a very
+// long topic (MQTT allows 64 KiB) would cut the whole node off: such
+// topics stay on their node (a QoS 1/2 publish is refused with 0x89).
+const MaxSubjectLength = 2048
+
+var errTooLong = errors.New("topic too long for a NATS subject")
+
 // forwarded says whether a topic goes to the other nodes: $SYS is each
 // node's own.
 func forwarded(topic string) bool {
@@ -298,7 +307,11 @@ func (h *Hook) forward(pk *packets.Packet) error {
 	if !h.Connected() {
 		return h.failed(pk, errors.New("not connected to NATS"))
 	}
-	m := nats.NewMsg(TopicSubject(h.prefix, pk.TopicName))
+	subject := TopicSubject(h.prefix, pk.TopicName)
+	if len(subject) > MaxSubjectLength {
+		return h.failed(pk, errTooLong)
+	}
+	m := nats.NewMsg(subject)
 	m.Data = pk.Payload
 	m.Header.Set(hdrSource, h.src)
 	m.Header.Set(hdrSeq, strconv.FormatUint(h.seq.Add(1), 10))
@@ -398,7 +411,16 @@ func (h *Hook) want(filter string) bool {
 	}
 	fs := &filterSub{since: time.Now()}
 	var err error
-	for _, subj := range FilterSubjects(h.prefix, plain) {
+	subjects := FilterSubjects(h.prefix, plain)
+	for _, subj := range subjects {
+		if len(subj) > MaxSubjectLength {
+			h.warn.do(func() {
+				h.log.Warn("mqtt cluster: filter too long for NATS; it only gets this node's messages", "filter", filter)
+			})
+			return false
+		}
+	}
+	for _, subj := range subjects {
 		var s *nats.Subscription
 		if isShared {
 			s, err = h.nc.QueueSubscribe(subj, queueName(group, plain), h.deliverShared(filter))

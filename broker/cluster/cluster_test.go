@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -514,4 +515,29 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 		t.Fatalf("the newest connection was disconnected: %#x", d.ReasonCode)
 	case <-time.After(500 * time.Millisecond):
 	}
+}
+
+// A topic longer than NATS takes stays on its node and does not cut the
+// node off NATS (the server closes connections with over-long lines).
+func TestLongTopicStaysLocal(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	long := "long/" + strings.Repeat("x", 5000)
+	local := connect(t, nodes[0], "local")
+	local.subscribe(t, 1, "long/#", "short/#")
+	remote := connect(t, nodes[1], "remote")
+	remote.subscribe(t, 1, "long/#", "short/#", long)
+	pub := connect(t, nodes[0], "pub")
+	if r := pub.publish(t, &paho.Publish{Topic: long, QoS: 1, Payload: []byte("l")}); r.ReasonCode != 0x89 {
+		t.Fatalf("QoS 1 publish on a topic NATS cannot carry: %#x, want 0x89", r.ReasonCode)
+	}
+	pub.publish(t, &paho.Publish{Topic: long, QoS: 0, Payload: []byte("l0")})
+	local.waitFor(t, 1)
+	pub.publish(t, &paho.Publish{Topic: "short/1", QoS: 1, Payload: []byte("s")})
+	if got := remote.waitFor(t, 1); got[0].Topic != "short/1" {
+		t.Fatalf("got %s", got[0].Topic)
+	}
+	if !nodes[0].hook.Connected() || !nodes[1].hook.Connected() {
+		t.Fatal("a long topic cut a node off NATS")
+	}
+	remote.quiet(t, 1)
 }
