@@ -319,6 +319,15 @@ func (h *Hook) forward(pk *packets.Packet) error {
 	if err := h.nc.PublishMsg(m); err != nil {
 		return h.failed(pk, err)
 	}
+	if pk.FixedHeader.Qos > 0 {
+		// The PUBACK leaves once the NATS server has the message (and has
+		// passed it to the connections of the nodes subscribed to it):
+		// nats.go's Publish only buffers, and a node killed after
+		// acknowledging would lose what it had buffered.
+		if err := h.nc.FlushTimeout(5 * time.Second); err != nil {
+			return h.failed(pk, err)
+		}
+	}
 	h.stats.published.Add(1)
 	if pk.FixedHeader.Retain {
 		if err := h.ret.put(h, pk, now); err != nil {
