@@ -541,3 +541,39 @@ func TestLongTopicStaysLocal(t *testing.T) {
 	}
 	remote.quiet(t, 1)
 }
+
+// Without JetStream the cluster still delivers across nodes; retained
+// messages stay on their node and retained publishes are not refused.
+func TestWithoutJetStream(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	n1 := startNode(t, ns.ClientURL(), "n1")
+	n2 := startNode(t, ns.ClientURL(), "n2")
+	sub := connect(t, n2, "sub")
+	sub.subscribe(t, 1, "nojs/#")
+	pub := connect(t, n1, "pub")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := pub.publish(t, &paho.Publish{Topic: "nojs/r", QoS: 1, Retain: true, Payload: []byte("r")})
+		if r.ReasonCode == 0 {
+			break
+		}
+		if time.Now().After(deadline) { // until the node has found out there is no JetStream
+			t.Fatalf("retained publish without JetStream: %#x", r.ReasonCode)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if m := sub.waitFor(t, 1)[0]; m.Topic != "nojs/r" {
+		t.Fatalf("got %s", m.Topic)
+	}
+	if _, ok := n1.b.Server().Topics.Retained.Get("nojs/r"); !ok {
+		t.Fatal("not retained on its own node")
+	}
+}

@@ -24,6 +24,7 @@ type retained struct {
 	mu       sync.Mutex
 	kv       jetstream.KeyValue
 	starting bool
+	local    bool // the bucket cannot be had (no JetStream): retained stays per node
 	cancel   context.CancelFunc
 
 	loadOnce sync.Once
@@ -90,6 +91,9 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 	}
 	h.log.Error("mqtt cluster: retained messages stay local to this node: the NATS server needs JetStream",
 		"node", h.cfg.Node, "error", err)
+	r.mu.Lock()
+	r.local = true
+	r.mu.Unlock()
 	r.loadOnce.Do(func() { close(r.loaded) })
 }
 
@@ -137,8 +141,11 @@ var errNoBucket = errors.New("retained-message bucket not open")
 // is acknowledged.
 func (r *retained) put(h *Hook, pk *packets.Packet, now time.Time) error {
 	r.mu.Lock()
-	kv := r.kv
+	kv, local := r.kv, r.local
 	r.mu.Unlock()
+	if kv == nil && local {
+		return nil // logged when the bucket could not be opened
+	}
 	if kv == nil {
 		return errNoBucket
 	}
