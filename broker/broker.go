@@ -194,6 +194,12 @@ func New(opts Options, policy Policy) (*Broker, error) {
 			return nil, fmt.Errorf("opening mqtt storage: %w", err)
 		}
 	}
+	for _, h := range opts.Hooks {
+		if err := b.srv.AddHook(h, b.srv); err != nil {
+			_ = b.srv.Close() // releases the storage file
+			return nil, err
+		}
+	}
 	// mochi's Close only disconnects clients of registered listeners, so each
 	// door is a listener that accepts nothing by itself.
 	for _, d := range Doors {

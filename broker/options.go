@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"math"
 	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
 )
 
 // Options are the broker settings that are fixed for the life of a broker.
@@ -103,6 +105,10 @@ type Options struct {
 
 	// Logger receives the broker's logs. Default: slog.Default().
 	Logger *slog.Logger
+
+	// Hooks are added after the broker's own, in order (the cluster's, see
+	// broker/cluster). Each one's Init receives the *mqtt.Server.
+	Hooks []mqtt.Hook
 }
 
 // Defaults used when an Options field is zero.

@@ -6,11 +6,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/exp/zapslog"
 
@@ -122,6 +124,10 @@ type App struct {
 	// automation policies (ACME by default). See tlsnames.go.
 	TLSNames []string `json:"tls_names,omitempty"`
 
+	// Other Caddy nodes whose brokers form one with this one. Default:
+	// none (a single node). Fixed. See cluster.go.
+	Cluster *ClusterConfig `json:"cluster,omitempty"`
+
 	// Users, ACL and certificate identity (password_file, acl_file, ...).
 	AuthConfig
 
@@ -130,6 +136,7 @@ type App struct {
 	ctx      caddy.Context
 	policy   broker.Policy
 	restore  func()
+	hooks    []mqtt.Hook // the cluster's; connected when the broker starts
 	logger   *zap.Logger
 	tlsApp   *caddytls.TLS
 }
@@ -148,6 +155,11 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.ctx = ctx
+	if h, err := a.Cluster.hook(); err != nil {
+		return err
+	} else if h != nil {
+		a.hooks = []mqtt.Hook{h}
+	}
 	opts := a.brokerOptions()
 	val, loaded, err := brokers.LoadOrNew(brokerKey, func() (caddy.Destructor, error) {
 		return &sharedBroker{opts: opts}, nil
@@ -265,6 +277,7 @@ func (a *App) brokerOptions() broker.Options {
 		SysInterval:            time.Duration(a.SysInterval),
 		MaxMessageExpiry:       time.Duration(a.MaxMessageExpiry),
 		Storage:                a.Storage.brokerStorage(),
+		Hooks:                  a.hooks,
 		Logger:                 slog.New(zapslog.NewHandler(caddy.Log().Core(), zapslog.WithName("mqtt.broker"))),
 	}.WithDefaults()
 }
@@ -335,7 +348,11 @@ func (s *sharedBroker) warnFixedChanges(log *zap.Logger, next broker.Options) {
 	cur.Logger, next.Logger = nil, nil
 	warnStorageChange(log, cur.Storage, next.Storage)
 	cur.Storage, next.Storage = broker.Storage{}, broker.Storage{}
-	if cur != next {
+	if (cur.Hooks == nil) != (next.Hooks == nil) {
+		log.Warn("cluster added or removed; it applies after a restart")
+	}
+	cur.Hooks, next.Hooks = nil, nil
+	if !reflect.DeepEqual(cur, next) {
 		log.Warn("broker limits changed; they apply after a restart, running sessions keep the old ones",
 			zap.Any("running", cur), zap.Any("configured", next))
 	}

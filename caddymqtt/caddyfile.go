@@ -42,6 +42,7 @@ func init() {
 //			lock_timeout <duration>
 //		}]
 //		tls_names <names...>
+//		cluster nats { (see unmarshalCluster) }
 //		password_file <path>
 //		acl_file <path>
 //		user <name> <password hash>
@@ -113,6 +114,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.ShutdownTimeout, err = parseDurationArg(d)
 		case "storage":
 			a.Storage, err = unmarshalStorage(d)
+		case "cluster":
+			a.Cluster, err = unmarshalCluster(d)
 		case "tls_names":
 			names := d.RemainingArgs()
 			if len(names) == 0 {

@@ -1,0 +1,579 @@
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/caddy-mqtt/caddy-mqtt/broker"
+	"github.com/caddy-mqtt/caddy-mqtt/broker/cluster"
+)
+
+// startNATS runs a real NATS server with JetStream in the test process, on
+// a free loopback port (or port, to restart one), storing in dir.
+func startNATS(t testing.TB, dir string, port int) *server.Server {
+	t.Helper()
+	if port == 0 {
+		port = -1
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns
+}
+
+type node struct {
+	b    *broker.Broker
+	hook *cluster.Hook
+	addr string
+}
+
+// startNode starts a broker joined to the cluster at url, served on a
+// loopback TCP listener.
+func startNode(t testing.TB, url, name string) *node {
+	t.Helper()
+	h, err := cluster.New(cluster.Config{URLs: []string{url}, Node: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Options{Hooks: []mqtt.Hook{h}, Logger: slog.New(slog.DiscardHandler)}, broker.AnonymousPolicy{Allow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_ = b.Serve(conn, broker.ConnInfo{Door: broker.DoorTCP})
+			}()
+		}
+	}()
+	return &node{b: b, hook: h, addr: ln.Addr().String()}
+}
+
+func startCluster(t testing.TB, n int) ([]*node, *server.Server) {
+	ns := startNATS(t, t.TempDir(), 0)
+	var nodes []*node
+	for i := range n {
+		nodes = append(nodes, startNode(t, ns.ClientURL(), fmt.Sprintf("n%d", i+1)))
+	}
+	return nodes, ns
+}
+
+// client is a paho MQTT 5 client that records what it receives.
+type client struct {
+	*paho.Client
+	mu   sync.Mutex
+	got  []*paho.Publish
+	seen chan struct{}
+	disc chan *paho.Disconnect
+}
+
+func connect(t *testing.T, n *node, id string, opts ...func(*paho.Connect)) *client {
+	t.Helper()
+	conn, err := net.Dial("tcp", n.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{seen: make(chan struct{}, 1), disc: make(chan *paho.Disconnect, 1)}
+	c.Client = paho.NewClient(paho.ClientConfig{Conn: conn,
+		OnServerDisconnect: func(d *paho.Disconnect) { c.disc <- d },
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(r paho.PublishReceived) (bool, error) {
+			c.mu.Lock()
+			c.got = append(c.got, r.Packet)
+			c.mu.Unlock()
+			select {
+			case c.seen <- struct{}{}:
+			default:
+			}
+			return true, nil
+		}}})
+	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true}
+	for _, o := range opts {
+		o(cp)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ca, err := c.Connect(ctx, cp); err != nil {
+		t.Fatalf("connect %s: %v %+v", id, err, ca)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	return c
+}
+
+func (c *client) subscribe(t *testing.T, qos byte, filters ...string) {
+	t.Helper()
+	s := &paho.Subscribe{}
+	for _, f := range filters {
+		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: qos})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sa, err := c.Subscribe(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range sa.Reasons {
+		if r >= 0x80 {
+			t.Fatalf("subscribe %s refused: %#x", filters[i], r)
+		}
+	}
+}
+
+func (c *client) publish(t *testing.T, p *paho.Publish) *paho.PublishResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := c.Publish(ctx, p)
+	if err != nil && r == nil {
+		t.Fatalf("publish %s: %v", p.Topic, err)
+	}
+	return r
+}
+
+func (c *client) messages() []*paho.Publish {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*paho.Publish(nil), c.got...)
+}
+
+// waitFor polls until c has received n messages, and fails after 15 s.
+func (c *client) waitFor(t *testing.T, n int) []*paho.Publish {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if got := c.messages(); len(got) >= n {
+			return got
+		} else if time.Now().After(deadline) {
+			t.Fatalf("received %d messages, want %d: %v", len(got), n, topics(got))
+		}
+		select {
+		case <-c.seen:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// quiet checks that c receives nothing more than n messages for a while.
+func (c *client) quiet(t *testing.T, n int) {
+	t.Helper()
+	time.Sleep(500 * time.Millisecond)
+	if got := c.messages(); len(got) != n {
+		t.Fatalf("received %d messages, want exactly %d: %v", len(got), n, topics(got))
+	}
+}
+
+func topics(ps []*paho.Publish) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Topic+"="+string(p.Payload))
+	}
+	return out
+}
+
+func TestCrossNodeDeliveryAndProperties(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	sub := connect(t, nodes[0], "sub")
+	// Overlapping filters on one node: NATS sends the node one copy per
+	// subscription; the client must still get one message.
+	sub.subscribe(t, 1, "a/+/c", "a/#", "odd topics/#")
+
+	p2 := connect(t, nodes[1], "pub2")
+	p3 := connect(t, nodes[2], "pub3")
+	p1 := connect(t, nodes[0], "pub1")
+
+	pf := byte(1)
+	exp := uint32(3600)
+	props := &paho.PublishProperties{ContentType: "application/json", ResponseTopic: "reply/here",
+		CorrelationData: []byte{0, 1, 2, 0xff}, PayloadFormat: &pf, MessageExpiry: &exp,
+		User: paho.UserProperties{{Key: "k=1", Value: "v ü"}, {Key: "k=1", Value: "second"}}}
+	p2.publish(t, &paho.Publish{Topic: "a/b/c", QoS: 1, Payload: []byte(`{"from":2}`), Properties: props})
+	got := sub.waitFor(t, 1)
+	m := got[0]
+	if m.Topic != "a/b/c" || string(m.Payload) != `{"from":2}` || m.QoS != 1 {
+		t.Fatalf("got %s %q qos %d", m.Topic, m.Payload, m.QoS)
+	}
+	pp := m.Properties
+	if pp == nil || pp.ContentType != "application/json" || pp.ResponseTopic != "reply/here" ||
+		!bytes.Equal(pp.CorrelationData, props.CorrelationData) || pp.PayloadFormat == nil || *pp.PayloadFormat != 1 ||
+		pp.MessageExpiry == nil || *pp.MessageExpiry < 3500 || *pp.MessageExpiry > 3600 ||
+		len(pp.User) != 2 || pp.User[0] != props.User[0] || pp.User[1] != props.User[1] {
+		t.Fatalf("properties lost on the way: %+v", pp)
+	}
+
+	// Another node, QoS 0, and a local publish: each arrives once (no echo
+	// of the node's own publish coming back from NATS).
+	p3.publish(t, &paho.Publish{Topic: "a/x", QoS: 0, Payload: []byte("3")})
+	sub.waitFor(t, 2)
+	p1.publish(t, &paho.Publish{Topic: "a/y/c", QoS: 1, Payload: []byte("1")})
+	sub.waitFor(t, 3)
+
+	// Characters NATS treats specially cross as they are.
+	for i, topic := range []string{"odd topics/a.b", "odd topics/*", "odd topics/>", "odd topics//x", "odd topics/%41", "odd topics/tab\there/ü"} {
+		p3.publish(t, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(topic)})
+		got := sub.waitFor(t, 4+i)
+		if last := got[len(got)-1]; last.Topic != topic || string(last.Payload) != topic {
+			t.Fatalf("sent %q, got %q %q", topic, last.Topic, last.Payload)
+		}
+	}
+	sub.quiet(t, 9)
+	if s := nodes[0].hook.Stats(); s.Duplicates == 0 {
+		t.Errorf("overlapping filters gave no duplicate to drop: %+v", s)
+	}
+}
+
+func TestInterestFollowsSubscriptions(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	sub := connect(t, nodes[0], "sub")
+	sub.subscribe(t, 0, "x/+", "$share/g/y/#")
+	has := func(f string) bool {
+		for _, x := range nodes[0].hook.Filters() {
+			if x == f {
+				return true
+			}
+		}
+		return false
+	}
+	if !has("x/+") || !has("$share/g/y/#") {
+		t.Fatalf("no NATS interest after SUBSCRIBE: %v", nodes[0].hook.Filters())
+	}
+	other := connect(t, nodes[0], "sub2")
+	other.subscribe(t, 0, "x/+")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := sub.Unsubscribe(ctx, &paho.Unsubscribe{Topics: []string{"x/+", "$share/g/y/#"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for has("$share/g/y/#") {
+		if time.Now().After(deadline) {
+			t.Fatalf("NATS interest kept after UNSUBSCRIBE: %v", nodes[0].hook.Filters())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !has("x/+") {
+		t.Fatal("interest dropped while another client holds the filter")
+	}
+	// Still delivered to the remaining holder.
+	connect(t, nodes[1], "pub").publish(t, &paho.Publish{Topic: "x/1", QoS: 1, Payload: []byte("p")})
+	other.waitFor(t, 1)
+	_ = other.Disconnect(&paho.Disconnect{})
+	deadline = time.Now().Add(20 * time.Second)
+	for has("x/+") {
+		if time.Now().After(deadline) {
+			t.Fatalf("NATS interest kept after the last holder left: %v", nodes[0].hook.Filters())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestSharedSubscriptionOncePerCluster(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	var members []*client
+	for i, n := range nodes {
+		m := connect(t, n, fmt.Sprintf("member%d", i))
+		m.subscribe(t, 1, "$share/workers/jobs/#")
+		members = append(members, m)
+	}
+	// A plain subscriber beside the group gets every message, once.
+	plain := connect(t, nodes[1], "plain")
+	plain.subscribe(t, 1, "jobs/#")
+	pubs := []*client{connect(t, nodes[0], "p0"), connect(t, nodes[1], "p1"), connect(t, nodes[2], "p2")}
+	const total = 300
+	for i := range total {
+		pubs[i%3].publish(t, &paho.Publish{Topic: fmt.Sprintf("jobs/%d", i%7), QoS: 1, Payload: []byte(fmt.Sprint(i))})
+	}
+	plain.waitFor(t, total)
+	seen := map[string]int{}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		clear(seen)
+		n := 0
+		for _, m := range members {
+			for _, p := range m.messages() {
+				seen[string(p.Payload)]++
+				n++
+			}
+		}
+		if n >= total || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	n := 0
+	for i, m := range members {
+		got := len(m.messages())
+		n += got
+		if got == 0 {
+			t.Errorf("member %d got nothing", i)
+		}
+	}
+	if n != total || len(seen) != total {
+		for _, nd := range nodes {
+			t.Logf("%+v %v", nd.hook.Stats(), nd.hook.Filters())
+		}
+		t.Fatalf("group got %d messages, %d distinct, want %d once each", n, len(seen), total)
+	}
+	plain.quiet(t, total)
+}
+
+func TestRetainedAcrossNodes(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	p1 := connect(t, nodes[0], "p1")
+	p1.publish(t, &paho.Publish{Topic: "state/door", QoS: 1, Retain: true, Payload: []byte("open"),
+		Properties: &paho.PublishProperties{ContentType: "text/plain"}})
+	// The bucket is watched asynchronously: poll with new subscribers.
+	var got *paho.Publish
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; got == nil; i++ {
+		s := connect(t, nodes[2], fmt.Sprintf("s3-%d", i))
+		s.subscribe(t, 1, "state/#")
+		select {
+		case <-s.seen:
+			got = s.messages()[0]
+		case <-time.After(300 * time.Millisecond):
+		}
+		_ = s.Disconnect(&paho.Disconnect{})
+		if got == nil && time.Now().After(deadline) {
+			t.Fatal("retained message from node 1 never seen on node 3")
+		}
+	}
+	if string(got.Payload) != "open" || !got.Retain || got.Properties.ContentType != "text/plain" {
+		t.Fatalf("retained: %q retain=%v %+v", got.Payload, got.Retain, got.Properties)
+	}
+
+	// Cleared on node 2: gone everywhere.
+	connect(t, nodes[1], "p2").publish(t, &paho.Publish{Topic: "state/door", QoS: 1, Retain: true})
+	for _, n := range nodes {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if _, ok := n.b.Server().Topics.Retained.Get("state/door"); !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("retained message not cleared on every node")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		s := connect(t, n, "late")
+		s.subscribe(t, 1, "state/#")
+		s.quiet(t, 0)
+		_ = s.Disconnect(&paho.Disconnect{})
+	}
+
+	// A node started later loads the bucket.
+	p1.publish(t, &paho.Publish{Topic: "state/window", QoS: 0, Retain: true, Payload: []byte("shut")})
+	time.Sleep(200 * time.Millisecond)
+	late := startNode(t, nodes[0].hook.NATSURL(), "n4")
+	s := connect(t, late, "s4")
+	s.subscribe(t, 0, "state/window")
+	if m := s.waitFor(t, 1)[0]; string(m.Payload) != "shut" {
+		t.Fatalf("late node: %q", m.Payload)
+	}
+}
+
+func TestWillCrossesNodes(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	sub := connect(t, nodes[1], "watcher")
+	sub.subscribe(t, 1, "wills/#")
+	dying := connect(t, nodes[0], "dying", func(c *paho.Connect) {
+		c.WillMessage = &paho.WillMessage{Topic: "wills/dying", QoS: 1, Payload: []byte("gone")}
+	})
+	// Closing the socket without DISCONNECT sends the will.
+	_ = dying.Client.Disconnect(&paho.Disconnect{ReasonCode: 0x04})
+	if m := sub.waitFor(t, 1)[0]; m.Topic != "wills/dying" || string(m.Payload) != "gone" {
+		t.Fatalf("will: %s %q", m.Topic, m.Payload)
+	}
+}
+
+func TestLosingNATS(t *testing.T) {
+	dir := t.TempDir()
+	ns := startNATS(t, dir, 0)
+	port := ns.Addr().(*net.TCPAddr).Port
+	n1 := startNode(t, ns.ClientURL(), "n1")
+	n2 := startNode(t, ns.ClientURL(), "n2")
+	local := connect(t, n1, "local")
+	local.subscribe(t, 1, "t/#")
+	remote := connect(t, n2, "remote")
+	remote.publish(t, &paho.Publish{Topic: "t/1", QoS: 1, Payload: []byte("before")})
+	local.waitFor(t, 1)
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	deadline := time.Now().Add(10 * time.Second)
+	for n1.hook.Connected() || n2.hook.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatal("still connected to a stopped NATS")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Local traffic goes on; a QoS 1 publish is refused with 0x89 since the
+	// other nodes cannot get it; QoS 0 is delivered locally.
+	pub := connect(t, n1, "pub")
+	if r := pub.publish(t, &paho.Publish{Topic: "t/2", QoS: 1, Payload: []byte("during")}); r.ReasonCode != 0x89 {
+		t.Fatalf("QoS 1 publish without NATS: reason %#x, want 0x89", r.ReasonCode)
+	}
+	pub.publish(t, &paho.Publish{Topic: "t/3", QoS: 0, Payload: []byte("local")})
+	if got := local.waitFor(t, 2); string(got[1].Payload) != "local" {
+		t.Fatalf("local delivery without NATS: %q", got[1].Payload)
+	}
+	if n1.hook.Stats().PublishFailed < 2 {
+		t.Fatalf("failures not counted: %+v", n1.hook.Stats())
+	}
+
+	// NATS back on the same port: cross-node delivery resumes, no restart.
+	startNATS(t, dir, port)
+	deadline = time.Now().Add(30 * time.Second)
+	for i := 0; ; i++ {
+		if n1.hook.Connected() && n2.hook.Connected() {
+			remote.publish(t, &paho.Publish{Topic: "t/4", QoS: 0, Payload: []byte(fmt.Sprint("after", i))})
+			select {
+			case <-local.seen:
+			case <-time.After(200 * time.Millisecond):
+			}
+			if got := local.messages(); len(got) > 2 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cross-node delivery did not resume after NATS came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := remote.publish(t, &paho.Publish{Topic: "t/5", QoS: 1, Payload: []byte("acked")}); r.ReasonCode != 0 {
+		t.Fatalf("QoS 1 after NATS is back: %#x", r.ReasonCode)
+	}
+}
+
+func TestTakeoverAcrossNodes(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	first := connect(t, nodes[0], "device-7")
+	first.subscribe(t, 1, "cmd/7")
+	// The same client id on node 2: node 1's connection is closed with
+	// 0x8E, Session taken over.
+	second := connect(t, nodes[1], "device-7")
+	select {
+	case d := <-first.disc:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1's connection not taken over")
+	}
+	// The new connection stays, and gets what is published for it.
+	second.subscribe(t, 1, "cmd/7")
+	connect(t, nodes[2], "ctl").publish(t, &paho.Publish{Topic: "cmd/7", QoS: 1, Payload: []byte("go")})
+	second.waitFor(t, 1)
+	select {
+	case d := <-second.disc:
+		t.Fatalf("the newer connection was disconnected: %#x", d.ReasonCode)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// And back to node 1: node 2's is closed.
+	third := connect(t, nodes[0], "device-7")
+	select {
+	case d := <-second.disc:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 2's connection not taken over")
+	}
+	select {
+	case d := <-third.disc:
+		t.Fatalf("the newest connection was disconnected: %#x", d.ReasonCode)
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// A topic longer than NATS takes stays on its node and does not cut the
+// node off NATS (the server closes connections with over-long lines).
+func TestLongTopicStaysLocal(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	long := "long/" + strings.Repeat("x", 5000)
+	local := connect(t, nodes[0], "local")
+	local.subscribe(t, 1, "long/#", "short/#")
+	remote := connect(t, nodes[1], "remote")
+	remote.subscribe(t, 1, "long/#", "short/#", long)
+	pub := connect(t, nodes[0], "pub")
+	if r := pub.publish(t, &paho.Publish{Topic: long, QoS: 1, Payload: []byte("l")}); r.ReasonCode != 0x89 {
+		t.Fatalf("QoS 1 publish on a topic NATS cannot carry: %#x, want 0x89", r.ReasonCode)
+	}
+	pub.publish(t, &paho.Publish{Topic: long, QoS: 0, Payload: []byte("l0")})
+	local.waitFor(t, 1)
+	pub.publish(t, &paho.Publish{Topic: "short/1", QoS: 1, Payload: []byte("s")})
+	if got := remote.waitFor(t, 1); got[0].Topic != "short/1" {
+		t.Fatalf("got %s", got[0].Topic)
+	}
+	if !nodes[0].hook.Connected() || !nodes[1].hook.Connected() {
+		t.Fatal("a long topic cut a node off NATS")
+	}
+	remote.quiet(t, 1)
+}
+
+// Without JetStream the cluster still delivers across nodes; retained
+// messages stay on their node and retained publishes are not refused.
+func TestWithoutJetStream(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	n1 := startNode(t, ns.ClientURL(), "n1")
+	n2 := startNode(t, ns.ClientURL(), "n2")
+	sub := connect(t, n2, "sub")
+	sub.subscribe(t, 1, "nojs/#")
+	pub := connect(t, n1, "pub")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := pub.publish(t, &paho.Publish{Topic: "nojs/r", QoS: 1, Retain: true, Payload: []byte("r")})
+		if r.ReasonCode == 0 {
+			break
+		}
+		if time.Now().After(deadline) { // until the node has found out there is no JetStream
+			t.Fatalf("retained publish without JetStream: %#x", r.ReasonCode)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if m := sub.waitFor(t, 1)[0]; m.Topic != "nojs/r" {
+		t.Fatalf("got %s", m.Topic)
+	}
+	if _, ok := n1.b.Server().Topics.Retained.Get("nojs/r"); !ok {
+		t.Fatal("not retained on its own node")
+	}
+}

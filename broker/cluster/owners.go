@@ -1,0 +1,113 @@
+package cluster
+
+import (
+	"context"
+	"encoding/base64"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Session takeover across nodes.
+//
+// A client id is claimed in the JetStream key-value bucket
+// <prefix>_sessions (key: the client id in unpadded base64url, value: the
+// claiming node) each time a session is established. Every node watches
+// the bucket: when another node claims a client id later (a higher bucket
+// revision) than this node did, the local connection of that client is
+// closed with reason 0x8E, Session taken over [MQTT-3.1.4-3], as a
+// takeover on one node does. The bucket orders concurrent claims: the last
+// one stays connected.
+type owners struct {
+	mu   sync.Mutex
+	kv   jetstream.KeyValue
+	mine map[string]uint64 // client id → revision of this node's claim
+}
+
+func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
+		Bucket:      h.prefix + "_sessions",
+		Description: "caddy-mqtt: the node each client id is connected to",
+		History:     1,
+	})
+	if err != nil {
+		return err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	o.kv = kv
+	if o.mine == nil {
+		o.mine = make(map[string]uint64)
+	}
+	o.mu.Unlock()
+	go o.watch(h, w)
+	return nil
+}
+
+// claim records that cl's session is now on this node.
+func (o *owners) claim(h *Hook, cl *mqtt.Client) {
+	o.mu.Lock()
+	kv := o.kv
+	o.mu.Unlock()
+	if kv == nil || !h.Connected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rev, err := kv.Put(ctx, base64.RawURLEncoding.EncodeToString([]byte(cl.ID)), []byte(h.src))
+	if err != nil {
+		h.warn.do(func() { h.log.Warn("mqtt cluster: cannot record the session's node", "client", cl.ID, "error", err) })
+		return
+	}
+	o.mu.Lock()
+	o.mine[cl.ID] = rev
+	o.mu.Unlock()
+}
+
+// release forgets cl's claim once no session of its id is left here.
+func (o *owners) release(h *Hook, cl *mqtt.Client) {
+	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur != cl {
+		return // taken over on this node: the new connection's claim stays
+	}
+	o.mu.Lock()
+	delete(o.mine, cl.ID)
+	o.mu.Unlock()
+}
+
+func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
+	for e := range w.Updates() {
+		if e == nil || e.Operation() != jetstream.KeyValuePut || string(e.Value()) == h.src {
+			continue
+		}
+		id, err := base64.RawURLEncoding.DecodeString(e.Key())
+		if err != nil {
+			continue
+		}
+		o.mu.Lock()
+		rev, ok := o.mine[string(id)]
+		if ok && rev > e.Revision() {
+			o.mu.Unlock()
+			continue // an older claim, seen late
+		}
+		delete(o.mine, string(id))
+		o.mu.Unlock()
+		cl, ok := h.srv.Clients.Get(string(id))
+		if !ok || cl.Closed() || cl.Net.Inline {
+			continue
+		}
+		h.log.Info("mqtt cluster: session taken over on another node", "client", cl.ID, "node", string(e.Value()))
+		if cl.Properties.ProtocolVersion >= 5 {
+			_ = h.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
+		} else {
+			cl.Stop(packets.ErrSessionTakenOver)
+		}
+	}
+}
