@@ -49,6 +49,7 @@ step() { printf '== [%4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
 # firmware/ci-deps.sh.
 TEST_PACKAGES=(mosquitto mosquitto-clients openssl ca-certificates chromium libnss3-tools)
 PEBBLE_VERSION=v2.10.1 # keep in step with integration/acme_test.go
+NATS_SERVER_VERSION=v2.15.3
 
 # setup installs what the tests need and is missing: Debian packages (as
 # root, or with sudo that needs no password), pebble (go install), MQTT.js
@@ -108,6 +109,10 @@ setup() {
 	if ! command -v pebble >/dev/null; then
 		step "installing pebble ${PEBBLE_VERSION} (go install, into $gobin)"
 		go install "github.com/letsencrypt/pebble/v2/cmd/pebble@${PEBBLE_VERSION}"
+	fi
+	if ! command -v nats-server >/dev/null; then
+		step "installing nats-server ${NATS_SERVER_VERSION} (go install, into $gobin; the cluster tests)"
+		go install "github.com/nats-io/nats-server/v2@${NATS_SERVER_VERSION}"
 	fi
 	# npm ci when the packages are missing or older than the lockfile.
 	if [ ! -f integration/js/node_modules/.package-lock.json ] ||
