@@ -450,9 +450,10 @@ func TestClusterQoS1NodeKilled(t *testing.T) {
 			// Kill with messages in flight: from another goroutine, while
 			// the next publish waits for its PUBACK.
 			killed = true
+			pid := nodes[1].Pid() // read here: Restart replaces the process
 			go func() {
 				time.Sleep(5 * time.Millisecond)
-				_ = syscall.Kill(nodes[1].Pid(), syscall.SIGKILL)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
