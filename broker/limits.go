@@ -172,6 +172,7 @@ type packetLimitConn struct {
 	// Decoding check of an MQTT 5 client's packets (readcheck.go).
 	check     bool
 	capturing bool
+	headOnly  bool // capturing only the head of a large PUBLISH
 	typeByte  byte
 	body      []byte
 
@@ -236,7 +237,13 @@ func (c *packetLimitConn) scan(b []byte) error {
 			skip := min(uint32(len(b)), c.remaining)
 			c.remaining -= skip
 			if c.capturing {
-				c.body = append(c.body, b[:skip]...)
+				if c.headOnly {
+					if err := c.captureHead(b[:skip]); err != nil {
+						return err
+					}
+				} else {
+					c.body = append(c.body, b[:skip]...)
+				}
 			}
 			b = b[skip:]
 			if c.remaining == 0 {
@@ -275,7 +282,8 @@ func (c *packetLimitConn) scan(b []byte) error {
 			}
 			c.remaining = c.length
 			// See readcheck.go.
-			c.capturing = c.check && c.length <= maxCheckedPacket
+			c.capturing = c.check
+			c.headOnly = c.length > maxCheckedPacket && c.typeByte>>4 == packets.Publish
 			c.body = c.body[:0]
 			if c.length == 0 {
 				c.complete++

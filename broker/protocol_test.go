@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -601,5 +602,80 @@ func TestDecodeErrorsGetDisconnectReason(t *testing.T) {
 	w := dialWire(t, tb.addr)
 	w.connect(5, "good", 30, packets.Properties{})
 	w.packet(publishPk(1, 1, "a", "x"))
+	w.expect("PUBACK", "40 02 00 01")
+}
+
+// TestLargeDecodeErrorsGetDisconnectReason: a packet over 64 KiB that
+// cannot be decoded closed an MQTT 5 connection without DISCONNECT (the
+// decoding check stopped at 64 KiB); now it gets DISCONNECT 0x81 too.
+func TestLargeDecodeErrorsGetDisconnectReason(t *testing.T) {
+	tb := newTestBroker(t, Options{}, AnonymousPolicy{Allow: true})
+	big := func(head string, size int) []byte {
+		h, err := hex.DecodeString(strings.ReplaceAll(head, " ", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := append(h, bytes.Repeat([]byte{'x'}, size-len(h))...)
+		out := []byte{0}
+		for n := len(body); ; {
+			v := byte(n & 0x7f)
+			if n >>= 7; n > 0 {
+				v |= 0x80
+			}
+			out = append(out, v)
+			if n == 0 {
+				break
+			}
+		}
+		return append(out, body...)
+	}
+	// The DISCONNECTs mochi writes for 0x81: reason code and Reason String
+	// (mochi's packets.ErrMalformedTopic and ErrMalformedProperties).
+	const (
+		malformedTopic = "e0 1c 81 1a 1f 00 17" + // "malformed packet: topic"
+			"6d 61 6c 66 6f 72 6d 65 64 20 70 61 63 6b 65 74 3a 20 74 6f 70 69 63"
+		malformedProperties = "e0 21 81 1f 1f 00 1c" + // "malformed packet: properties"
+			"6d 61 6c 66 6f 72 6d 65 64 20 70 61 63 6b 65 74 3a 20 70 72 6f 70 65 72 74 69 65 73"
+	)
+	for _, tc := range []struct {
+		name     string
+		typeByte byte
+		head     string
+		size     int
+		want     string
+	}{
+		// Topic "\xff" is not UTF-8 [MQTT-1.5.4-1].
+		{"PUBLISH topic not UTF-8", 0x32, "00 01 ff 00 01 00", 100 << 10, malformedTopic},
+		// The property length runs past the end of the packet.
+		{"PUBLISH properties past the packet", 0x32, "00 01 61 00 01 ff ff 7f", 100 << 10, malformedProperties},
+		// A property that does not exist, in the head of a 1 MiB - 16 PUBLISH.
+		{"PUBLISH unknown property", 0x30, "00 01 61 02 7f 00", 1<<20 - 16, malformedProperties},
+		// A SUBSCRIBE whose only filter claims 0xffff bytes and has fewer.
+		{"SUBSCRIBE filter past the packet", 0x82, "00 01 00 ff ff", 100 << 10, malformedTopic},
+	} {
+		w := dialWire(t, tb.addr)
+		w.connect(5, "big", 30, packets.Properties{})
+		pk := big(tc.head, tc.size)
+		pk[0] = tc.typeByte
+		// Written in the background: the broker stops reading at the
+		// head of a PUBLISH.
+		go func() { _, _ = w.conn.Write(pk) }()
+		got := w.next(5 * time.Second)
+		if g := hex.EncodeToString(got); g != strings.ReplaceAll(tc.want, " ", "") {
+			t.Errorf("%s: got % x, want DISCONNECT %s", tc.name, got, tc.want)
+			continue
+		}
+		// Closed: EOF, or a reset because the rest of the packet was
+		// never read; not a timeout.
+		_ = w.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var ne net.Error
+		if _, err := io.Copy(io.Discard, w.r); errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s: connection not closed", tc.name)
+		}
+	}
+	// A good large PUBLISH still flows.
+	w := dialWire(t, tb.addr)
+	w.connect(5, "good", 30, packets.Properties{})
+	w.packet(publishPk(1, 1, "a", strings.Repeat("y", 200<<10)))
 	w.expect("PUBACK", "40 02 00 01")
 }

@@ -6,10 +6,60 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// maxCheckedPacket is the largest packet whose decoding is checked before
-// mochi reads it; larger ones (rare after CONNECT: big publishes) are left to
-// mochi alone, so the check never holds a second copy of a large payload.
+// maxCheckedPacket is the largest PUBLISH captured whole for the decoding
+// check. Of a larger one only the head (topic, packet identifier,
+// properties) is captured and checked, as soon as it has arrived: the payload
+// is opaque to decoding, and the check never holds a second copy of a large
+// payload. Other packets have no payload and are captured whole (bounded by
+// max_packet_size, as mochi's own buffer is). Before, packets over this size
+// were left to mochi, which closed an MQTT 5 connection on a malformed one
+// without DISCONNECT.
 const maxCheckedPacket = 64 << 10
+
+// captureHead captures, of chunk (the next bytes of a large PUBLISH), only
+// what the head still needs, and checks the head once it is complete.
+func (c *packetLimitConn) captureHead(chunk []byte) error {
+	for c.capturing && len(chunk) > 0 {
+		want, known := publishHeadLen(c.typeByte, c.body)
+		if known && len(c.body) >= want {
+			return c.checkPacket()
+		}
+		take := min(want-len(c.body), len(chunk))
+		c.body = append(c.body, chunk[:take]...)
+		chunk = chunk[take:]
+	}
+	if want, known := publishHeadLen(c.typeByte, c.body); c.capturing && known && len(c.body) >= want {
+		return c.checkPacket()
+	}
+	return nil
+}
+
+// publishHeadLen returns the length of a PUBLISH's head (everything before
+// the payload) when b, its first bytes, is long enough to tell (known);
+// otherwise the length b must reach before more can be told.
+func publishHeadLen(typeByte byte, b []byte) (n int, known bool) {
+	if len(b) < 2 {
+		return 2, false
+	}
+	n = 2 + (int(b[0])<<8 | int(b[1]))
+	if (typeByte>>1)&3 > 0 {
+		n += 2
+	}
+	l, shift := 0, 0
+	for i := range 4 {
+		if len(b) < n+i+1 {
+			return n + i + 1, false
+		}
+		v := b[n+i]
+		l |= int(v&0x7f) << shift
+		shift += 7
+		if v&0x80 == 0 {
+			return n + i + 1 + l, true
+		}
+	}
+	// A property length over four bytes: decoding fails on what is there.
+	return n + 4, true
+}
 
 // checkPacket decodes the packet that has just passed through the
 // connection, as mochi is about to, before mochi sees its last bytes. mochi
