@@ -168,7 +168,6 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		&ackHook{b: b},          // acks.go
 		&publishCheckHook{b: b}, // publishcheck.go
 		&keepaliveHook{b: b},    // keepalive.go
-		&willPropsHook{},        // will.go
 		newSharedHook(b),        // shared.go
 	} {
 		if err := b.srv.AddHook(hook, nil); err != nil {
@@ -177,6 +176,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	}
 	order := &orderHook{b: b, holdAck: opts.Storage.Enabled()}
 	if err := b.srv.AddHook(order, nil); err != nil {
+		return nil, err
+	}
+	// After orderHook: the queued message it puts in place of the one mochi
+	// writes is a will too, at times, to be unpacked and counted down.
+	if err := b.srv.AddHook(&willPropsHook{b: b}, nil); err != nil {
 		return nil, err
 	}
 	if opts.Storage.Enabled() {

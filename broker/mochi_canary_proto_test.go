@@ -125,3 +125,28 @@ func TestMochiCanaryMalformedNoDisconnect(t *testing.T) {
 		t.Fatalf("mochi now answers a malformed packet: % x", got)
 	}
 }
+
+// Canary for will.go (willExpiry): mochi gives a delayed will the time it
+// is due as its expiry, so a delayed will with no Message Expiry Interval
+// reaches a subscriber with Message Expiry Interval 1.
+func TestMochiCanaryDelayedWillExpiry(t *testing.T) {
+	_, addr := bareMochi(t, nil)
+	sub := dialWire(t, addr)
+	sub.connect(5, "canary-dwill-sub", 30, packets.Properties{})
+	sub.packet(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "canary/dwill"}}})
+	sub.next(3 * time.Second) // SUBACK
+	w := dialWire(t, addr)
+	w.v = 5
+	w.packet(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Properties:  packets.Properties{SessionExpiryInterval: 60, SessionExpiryIntervalFlag: true},
+		Connect: packets.ConnectParams{Clean: true, Keepalive: 30, ClientIdentifier: "canary-dwill",
+			WillFlag: true, WillTopic: "canary/dwill", WillPayload: []byte("gone"),
+			WillProperties: packets.Properties{WillDelayInterval: 1}},
+	})
+	w.next(3 * time.Second) // CONNACK
+	w.conn.Close()
+	// QoS 0, Message Expiry Interval 1.
+	sub.expect("delayed will", "30 18 00 0c 63 61 6e 61 72 79 2f 64 77 69 6c 6c 05 02 00 00 00 01 67 6f 6e 65")
+}

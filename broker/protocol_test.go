@@ -679,3 +679,117 @@ func TestLargeDecodeErrorsGetDisconnectReason(t *testing.T) {
 	w.packet(publishPk(1, 1, "a", strings.Repeat("y", 200<<10)))
 	w.expect("PUBACK", "40 02 00 01")
 }
+
+// TestWillExpiryCountsDown: a will's Message Expiry Interval is counted down
+// while the will waits (here in an offline subscriber's queue, or retained),
+// from the moment it is published, after any Will Delay Interval (MQTT 5
+// §3.1.3.2.4, as mosquitto does), and a will that expires while it waits is
+// dropped [MQTT-3.3.2-5] [MQTT-3.3.2-6]. Before, mochi never saw the packed
+// interval: it reached the subscriber as set, however late. A delayed will
+// with no expiry of its own reached subscribers with Message Expiry Interval
+// 1, and a retained delayed will was never sent to new subscribers (mochi
+// gives a delayed will the time it was due as expiry).
+func TestWillExpiryCountsDown(t *testing.T) {
+	tb := newTestBroker(t, Options{}, AnonymousPolicy{Allow: true})
+	// persistent connects a v5 client with session expiry 300 and returns
+	// the CONNACK's bytes.
+	persistent := func(t *testing.T, w *wire, id string, clean bool) []byte {
+		t.Helper()
+		w.v = 5
+		w.packet(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect:     packets.ConnectParams{Clean: clean, Keepalive: 30, ClientIdentifier: id},
+			Properties:  packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true},
+		})
+		return w.next(3 * time.Second)
+	}
+	// offline subscribes id to filter at QoS 1 and leaves with its session
+	// kept.
+	offline := func(t *testing.T, id, filter string) {
+		t.Helper()
+		w := dialWire(t, tb.addr)
+		persistent(t, w, id, true)
+		w.packet(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: filter, Qos: 1}}})
+		w.expect("SUBACK", "90 04 00 01 00 01")
+		w.hex("e0 00") // DISCONNECT, session kept
+		waitFor(t, func() bool {
+			cl, ok := tb.srv.Clients.Get(id)
+			return ok && cl.Closed()
+		})
+	}
+	// dies connects with a will and closes the connection without
+	// DISCONNECT, just after the start of a second (mochi counts in whole
+	// seconds), and returns that moment.
+	dies := func(t *testing.T, id, topic string, retain bool, delay, expiry uint32) time.Time {
+		t.Helper()
+		w := dialWire(t, tb.addr)
+		w.v = 5
+		w.packet(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Properties:  packets.Properties{SessionExpiryInterval: 60, SessionExpiryIntervalFlag: true},
+			Connect: packets.ConnectParams{Clean: true, Keepalive: 30, ClientIdentifier: id,
+				WillFlag: true, WillTopic: topic, WillPayload: []byte("gone"), WillQos: 1, WillRetain: retain,
+				WillProperties: packets.Properties{WillDelayInterval: delay, MessageExpiryInterval: expiry}},
+		})
+		if ack := w.next(3 * time.Second); len(ack) < 4 || ack[0] != 0x20 || ack[3] != 0 {
+			t.Fatalf("CONNACK % x", ack)
+		}
+		now := time.Now()
+		start := now.Truncate(time.Second).Add(time.Second + 100*time.Millisecond)
+		time.Sleep(start.Sub(now))
+		w.conn.Close()
+		return start
+	}
+	// resume reconnects id, at `at`, and returns the connection.
+	resume := func(t *testing.T, id string, at time.Time) *wire {
+		t.Helper()
+		time.Sleep(time.Until(at))
+		w := dialWire(t, tb.addr)
+		if ack := persistent(t, w, id, false); len(ack) < 4 || ack[0] != 0x20 || ack[2] != 1 || ack[3] != 0 {
+			t.Fatalf("CONNACK % x, want session present", ack)
+		}
+		return w
+	}
+
+	t.Run("queued", func(t *testing.T) {
+		t.Parallel()
+		offline(t, "q-sub", "wq/#")
+		at := dies(t, "q-dies", "wq/t", false, 0, 10)
+		w := resume(t, "q-sub", at.Add(3*time.Second))
+		// Waited 3 s of its 10: Message Expiry Interval 7.
+		w.expect("queued will", "32 12 00 04 77 71 2f 74 00 01 05 02 00 00 00 07 67 6f 6e 65")
+	})
+	t.Run("expired in the queue", func(t *testing.T) {
+		t.Parallel()
+		offline(t, "x-sub", "wx/#")
+		at := dies(t, "x-dies", "wx/t", false, 0, 1)
+		w := resume(t, "x-sub", at.Add(3*time.Second))
+		// Dropped: the first thing the subscriber gets is a later message.
+		p := dialWire(t, tb.addr)
+		p.connect(5, "x-pub", 30, packets.Properties{})
+		p.packet(publishPk(1, 1, "wx/later", "ok"))
+		p.expect("PUBACK", "40 02 00 01")
+		w.expect("later message", "32 0f 00 08 77 78 2f 6c 61 74 65 72 00 01 00 6f 6b")
+	})
+	t.Run("delayed", func(t *testing.T) {
+		t.Parallel()
+		offline(t, "d-sub", "wd/#")
+		// Published 2 s after the connection ends; 3 s later 7 of 10 s are left.
+		at := dies(t, "d-dies", "wd/t", false, 2, 10)
+		w := resume(t, "d-sub", at.Add(5*time.Second))
+		w.expect("delayed will", "32 12 00 04 77 64 2f 74 00 01 05 02 00 00 00 07 67 6f 6e 65")
+	})
+	t.Run("delayed without expiry, retained", func(t *testing.T) {
+		t.Parallel()
+		at := dies(t, "r-dies", "wr/t", true, 1, 0)
+		time.Sleep(time.Until(at.Add(3 * time.Second)))
+		w := dialWire(t, tb.addr)
+		w.connect(5, "r-sub", 30, packets.Properties{})
+		w.packet(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "wr/#", Qos: 1}}})
+		w.expect("SUBACK", "90 04 00 01 00 01")
+		// No Message Expiry Interval: the will has none.
+		w.expect("retained will", "33 0d 00 04 77 72 2f 74 00 01 00 67 6f 6e 65")
+	})
+}

@@ -141,7 +141,16 @@ func (h *retainedHook) feed(cl *mqtt.Client, cc *clientConn, sub packets.Subscri
 		if c == nil || !h.b.Policy().Authorize(c, m.TopicName, AccessRead) {
 			continue
 		}
-		if m.Expiry > 0 && m.Expiry <= time.Now().Unix() {
+		expiry := m.Expiry
+		if wp, _, will, ok := packedWill(m); will {
+			// A will's expiry travels packed (will.go); mochi's is the
+			// time a delayed will was due.
+			expiry = 0
+			if ok {
+				expiry = willExpiry(m, wp, h.b.srv.Options.Capabilities.MaximumMessageExpiryInterval)
+			}
+		}
+		if expiry > 0 && expiry <= time.Now().Unix() {
 			continue
 		}
 		out := m.Copy(false)
