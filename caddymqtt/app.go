@@ -139,6 +139,7 @@ type App struct {
 	hooks    []mqtt.Hook // the cluster's; connected when the broker starts
 	logger   *zap.Logger
 	tlsApp   *caddytls.TLS
+	l4Doors  layer4Doors // doorlog.go
 }
 
 // CaddyModule returns the Caddy module information.
@@ -226,6 +227,7 @@ func (a *App) Start() error {
 	}
 	a.shared.setShutdownTimeout(a.shutdownTimeout())
 	a.logHTTPDoors(a.ctx) // doorlog.go
+	a.l4Doors.log(a.logger)
 	a.restore = b.SetPolicy(a.policy)
 	return nil
 }

@@ -88,6 +88,58 @@ func findMQTTHandler(routes caddyhttp.RouteList, hosts, paths *[]string) bool {
 	return found
 }
 
+// layer4Doors collects the layer4 servers that lead to the mqtt handler,
+// as the layer4 handler finds them while the layer4 app is provisioned
+// (l4mqtt.Handler.Provision), for Start to log.
+type layer4Doors struct {
+	mu      sync.Mutex
+	servers map[string]layer4Door
+}
+
+type layer4Door struct {
+	listen []string
+	doors  map[broker.Door]bool
+}
+
+// NoteLayer4Door records that the layer4 server name, listening on listen,
+// serves door.
+func (a *App) NoteLayer4Door(name string, listen []string, door broker.Door) {
+	d := &a.l4Doors
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.servers == nil {
+		d.servers = make(map[string]layer4Door)
+	}
+	s, ok := d.servers[name]
+	if !ok {
+		s = layer4Door{listen: slices.Clone(listen), doors: make(map[broker.Door]bool)}
+		d.servers[name] = s
+	}
+	s.doors[door] = true
+}
+
+// log logs one line per door of each layer4 server, as logHTTPDoors does
+// for the HTTP doors.
+func (d *layer4Doors) log(logger *zap.Logger) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	names := make([]string, 0, len(d.servers))
+	for name := range d.servers {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		s := d.servers[name]
+		for _, door := range []broker.Door{broker.DoorTCP, broker.DoorTLS} {
+			if s.doors[door] {
+				logger.Info("mqtt door",
+					zap.String("door", string(door)), zap.String("server", name),
+					zap.Strings("listen", s.listen))
+			}
+		}
+	}
+}
+
 // servedDoors remembers which door and local address have been announced.
 var servedDoors sync.Map
 

@@ -11,13 +11,37 @@ import (
 	"github.com/coder/websocket"
 )
 
-// TestDoorsAreLogged: the log says where the doors are: each WebSocket door
-// at start-up with its addresses, each layer4 door (tcp, tls) at its first
-// connection with its address (mochi's own lines said "caddy:tcp"); and a
+// TestDoorsAreLogged: the log says where the doors are: each door at
+// start-up with its addresses (layer4 doors were logged only at their first
+// connection; mochi's own lines said "caddy:tcp"), each layer4 door's first
+// connection with the local address; and a
 // WebSocket upgrade refused for its Origin is logged at INFO with the origin
 // and the option to change.
 func TestDoorsAreLogged(t *testing.T) {
 	c := startCaddy(t, "")
+	// The layer4 doors are named with their addresses at start-up, before
+	// any connection (the harness's readiness probes are the first ones,
+	// and each is noted as "mqtt door serving").
+	for _, d := range []struct {
+		door string
+		port int
+	}{{"tcp", c.Ports.TCP}, {"tls", c.Ports.TLS}} {
+		log := c.Log()
+		start := strings.Index(log, fmt.Sprintf(`"msg":"mqtt door","door":%q,`, d.door))
+		if start < 0 {
+			t.Fatalf("no start-up line for the %s door:\n%s", d.door, tail(log, 40))
+		}
+		line := log[start:]
+		line = line[:strings.IndexByte(line, '\n')]
+		if !strings.Contains(line, fmt.Sprintf(`"listen":["127.0.0.1:%d"]`, d.port)) {
+			t.Errorf("start-up line of the %s door lacks its address: %s", d.door, line)
+		}
+		served := strings.Index(log, fmt.Sprintf(`"msg":"mqtt door serving","door":%q`, d.door))
+		connected := strings.Index(log, `"msg":"mqtt client connected"`)
+		if (served >= 0 && served < start) || (connected >= 0 && connected < start) {
+			t.Errorf("the %s door was logged only after a connection:\n%s", d.door, tail(log, 40))
+		}
+	}
 	for _, door := range Doors {
 		c.ConnectV3(t, door, "doorlog-"+door)
 	}

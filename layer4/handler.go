@@ -49,6 +49,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	noteDoors(ctx, h.app) // doors.go
 	return h.DoorOptions.ProvisionAuth(h.app, broker.DoorGroup(broker.DoorTCP))
 }
 
