@@ -227,6 +227,7 @@ func (a *App) Start() error {
 	}
 	a.shared.setShutdownTimeout(a.shutdownTimeout())
 	a.logHTTPDoors(a.ctx) // doorlog.go
+	a.guardIPSNI(a.ctx)   // ipsni.go
 	a.l4Doors.log(a.logger)
 	a.restore = b.SetPolicy(a.policy)
 	return nil
