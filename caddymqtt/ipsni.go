@@ -31,8 +31,8 @@ import (
 // succeed, and those with a host name, are not touched.
 //
 // The layer4 tls door cannot be wrapped so: its connection policies are
-// held by caddy-l4's tls handler, which no other module can reach (README,
-// "Remaining differences").
+// held by caddy-l4's tls handler, which no other module can reach. It gets
+// a guard route instead (layer4/ipsni.go).
 func (a *App) guardIPSNI(ctx caddy.Context) {
 	app, err := ctx.AppIfConfigured("http")
 	if err != nil || app == nil {

@@ -31,6 +31,7 @@ func noteDoors(ctx caddy.Context, app *caddymqtt.App) {
 	if l4 == nil {
 		return
 	}
+	guardTLSDoors(ctx, l4, ctx.Logger()) // ipsni.go; before the door scan, which skips the guard's JSON
 	for name, srv := range l4.Servers {
 		doors := map[broker.Door]bool{}
 		for _, r := range srv.Routes {
