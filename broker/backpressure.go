@@ -2,6 +2,7 @@ package broker
 
 import (
 	"reflect"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -141,6 +142,30 @@ func (c *clientConn) awaitRoomPatiently() {
 		}
 		t.Stop()
 		c.wmu.Lock()
+	}
+}
+
+// mochiWriteSlots is the size of mochi's per-client write channel
+// (Capabilities.MaximumClientWritesPending), allocated in full for every
+// connection: 8 bytes a slot.
+const mochiWriteSlots = 128
+
+// awaitWriteSlot waits until mochi's write channel for cl is less than half
+// full. mochi drops a message, QoS 1/2 included, that finds the channel full
+// (MOCHI.md, row 9); its writer goroutine empties the channel as fast as it
+// is scheduled, because Write never waits for the socket, so this wait is
+// for the scheduler only. It is bounded all the same (a second), so that
+// nothing can hold a publisher for longer.
+func awaitWriteSlot(cl *mqtt.Client) {
+	for i := 0; mochiWritesPending(cl) >= mochiWriteSlots/2; i++ {
+		if i == 2000 || cl.Closed() {
+			return
+		}
+		if i < 8 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(500 * time.Microsecond)
+		}
 	}
 }
 

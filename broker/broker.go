@@ -46,6 +46,10 @@ type ConnInfo struct {
 	// Name labels the door in metrics, logs and the admin API when a
 	// config has several doors of one kind; empty: the kind (Door).
 	Name string
+	// Socket is the TCP connection under conn when the door adds nothing
+	// to what is written to it (raw MQTT: no TLS, no WebSocket); the
+	// broker then writes to it directly (writer.go). Nil otherwise.
+	Socket net.Conn
 	// Handler identifies the door instance (one handler in the config),
 	// whose connections Limits.MaxConnections counts; it must be
 	// comparable. Nil counts the connection under its Door.
@@ -79,8 +83,6 @@ type Broker struct {
 	metrics     metrics  // metrics.go
 	warnSampler *sampler // connlog.go
 
-	clientSetup sync.Mutex // see sizeWriteBuffer
-
 	mu        sync.Mutex
 	closing   bool
 	conns     map[*clientConn]struct{}
@@ -100,8 +102,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	opts = opts.WithDefaults()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.MaxPacketSize
-	// Sized for each connection in Serve; this is the in-process client's.
-	caps.MaximumClientWritesPending = int32(writeBufferSize(int(opts.MaxInflightMessages), int(opts.MaxQueuedMessages)))
+	// The channel mochi's writer goroutine takes a client's packets from
+	// (allocated in full for every connection): the write path queues
+	// behind it (writer.go, flow.go), and deliveries wait for room in it
+	// (backpressure.go, awaitWriteSlot), so it only evens out scheduling.
+	caps.MaximumClientWritesPending = mochiWriteSlots
 	// mochi's per-client store of QoS 1/2 messages holds those in flight
 	// and those queued; flow.go and the ACL hook keep it within
 	// max_inflight_messages + max_queued_messages, and MQTT packet
@@ -271,6 +276,13 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
 	}
 	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize, cc: cc}
+	cc.q.keepFrom = chunkSize + 1 // TLS, WebSocket: coalesce into chunks
+	if cc.socket = newRawSocket(info.Socket); cc.socket != nil {
+		cc.q.keepFrom = 2 << 10 // written with writev: no need to copy
+		if !b.opts.NoMetrics {
+			cc.bytesOut = &cc.m.door.bytesOut
+		}
+	}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {
@@ -285,9 +297,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
 	// one with the keepalive deadline.
 	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
-	b.sizeWriteBuffer(cc)
 	err := b.srv.EstablishConnection(string(info.Door), cc)
-	cc.endSetup()
 	cc.drain(false) // the door closes conn once Serve returns
 	return normalizeErr(err)
 }

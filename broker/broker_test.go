@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -55,11 +56,21 @@ func serveDoor(t testing.TB, b *Broker, info ConnInfo) string {
 			}
 			go func() {
 				defer conn.Close()
-				_ = b.Serve(conn, info)
+				_ = b.Serve(conn, withSocket(conn, info))
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// withSocket gives a plain TCP door its socket, as the layer4 door does, so
+// that tests take the direct write path (writer.go); MQTT_TEST_NO_SOCKET=1
+// runs them through the writer goroutine only, as TLS and WebSocket doors.
+func withSocket(conn net.Conn, info ConnInfo) ConnInfo {
+	if info.Door == DoorTCP && os.Getenv("MQTT_TEST_NO_SOCKET") == "" {
+		info.Socket = conn
+	}
+	return info
 }
 
 func (tb *testBroker) connect(t *testing.T, id string) (*paho.Client, chan *paho.Disconnect, *paho.Connack, error) {

@@ -198,16 +198,14 @@ func (f *outFlow) unqueue(id uint16) {
 	}
 }
 
-// ack ends the flow of publish id and returns the queued publishes that now
-// fit the window, and how many.
-func (f *outFlow) ack(id uint16) ([]byte, int) {
+// ack ends the flow of publish id and passes the queued publishes that now
+// fit the window to emit, oldest first.
+func (f *outFlow) ack(id uint16, emit func([]byte)) {
 	if _, ok := f.inflight[id]; !ok {
-		return nil, 0
+		return
 	}
 	delete(f.inflight, id)
 	f.sent.remove(id)
-	var out []byte
-	n := 0
 	for len(f.inflight) < f.window && f.queueLen() > 0 {
 		q := f.queue[f.head]
 		f.queue[f.head] = queuedPublish{}
@@ -215,8 +213,7 @@ func (f *outFlow) ack(id uint16) ([]byte, int) {
 		delete(f.queued, q.id)
 		f.inflight[q.id] = struct{}{}
 		f.sent.add(q.id)
-		out = append(out, q.b...)
-		n++
+		emit(q.b)
 	}
 	if f.head == len(f.queue) {
 		f.queue, f.head = f.queue[:0], 0
@@ -224,7 +221,6 @@ func (f *outFlow) ack(id uint16) ([]byte, int) {
 		f.queue = append(f.queue[:0], f.queue[f.head:]...)
 		f.head = 0
 	}
-	return out, n
 }
 
 // nextPacket reads the packet at the start of b: its length, and whether it
@@ -393,13 +389,19 @@ func (c *clientConn) acked(id uint16) error {
 	if c.flow == nil {
 		return nil
 	}
-	out, n := c.flow.ack(id)
+	var err error
+	c.flow.ack(id, func(b []byte) {
+		switch {
+		case c.holding:
+			c.held = append(c.held, b...)
+		case err == nil:
+			// Each publish as it is: the write path keeps it rather
+			// than copying it (outqueue.go).
+			err = c.enqueue(b, 1)
+		}
+	})
 	c.progressed()
-	if c.holding {
-		c.held = append(c.held, out...)
-		return nil
-	}
-	return c.enqueue(out, n)
+	return err
 }
 
 // dropQueued removes a QoS 1/2 message the queue had no room for from

@@ -208,6 +208,7 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 		return !h.b.offlineQueueFull(cl, cc)
 	}
 	cc.awaitRoom() // see backpressure.go
+	awaitWriteSlot(cl)
 	return true
 }
 

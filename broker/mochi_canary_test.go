@@ -1,11 +1,13 @@
 package broker
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -298,5 +300,72 @@ func TestConnectBufferedUntilComplete(t *testing.T) {
 	go func() { _, _ = client2.Write([]byte{0x10, 0x80, 0x01}) }() // 128 bytes
 	if _, err := c2.Read(make([]byte, 512)); err != packets.ErrPacketTooLarge {
 		t.Fatalf("CONNECT over the limit: %v, want ErrPacketTooLarge", err)
+	}
+}
+
+// recordingConn keeps every buffer written to it, and a copy of it.
+type recordingConn struct {
+	net.Conn
+	mu      sync.Mutex
+	written [][2][]byte // the buffer mochi passed, and its bytes then
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.written = append(c.written, [2][]byte{p, bytes.Clone(p)})
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// Canary for outqueue.go: mochi encodes every packet into a buffer of its
+// own and never touches a buffer once it has been written, also when it
+// gathers several packets in its write buffer while more wait; so the write
+// path may keep a buffer until it is written instead of copying it.
+func TestMochiCanaryWrittenBuffersUntouched(t *testing.T) {
+	srv, _ := bareMochi(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rec := make(chan *recordingConn, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		rc := &recordingConn{Conn: conn}
+		rec <- rc
+		_ = srv.EstablishConnection("t", rc)
+		conn.Close()
+	}()
+	sub := dialRaw(t, ln.Addr().String(), 5, "canary-buffers", true, packets.Properties{})
+	sub.subscribe("canary/b", 1)
+	const n = 300
+	for i := range n {
+		payload := bytes.Repeat([]byte{byte(i)}, []int{5, 900, 3000}[i%3])
+		if err := srv.Publish("canary/b", payload, false, byte(i%2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		pk := sub.read(5 * time.Second)
+		if pk.FixedHeader.Type != packets.Publish {
+			t.Fatalf("message %d: got %v", i, pk.FixedHeader.Type)
+		}
+		if pk.FixedHeader.Qos > 0 {
+			sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+		}
+	}
+	rc := <-rec
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if len(rc.written) == 0 {
+		t.Fatal("nothing written")
+	}
+	for i, w := range rc.written {
+		if !bytes.Equal(w[0], w[1]) {
+			t.Fatalf("write %d of %d (%d bytes) was changed after mochi wrote it: review outQueue.add (MOCHI.md row 31)", i, len(rc.written), len(w[1]))
+		}
 	}
 }

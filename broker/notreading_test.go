@@ -31,7 +31,7 @@ func TestClientThatNeverReadsIsClosed(t *testing.T) {
 		}
 		defer conn.Close()
 		_ = conn.(*net.TCPConn).SetWriteBuffer(4096)
-		_ = b.Serve(conn, ConnInfo{Door: DoorTCP})
+		_ = b.Serve(conn, withSocket(conn, ConnInfo{Door: DoorTCP}))
 	}()
 	c := dialRaw(t, ln.Addr().String(), 5, "never-reads", true, packets.Properties{})
 	if err := c.conn.(*net.TCPConn).SetReadBuffer(4096); err != nil {

@@ -20,35 +20,52 @@ import (
 // with them, for up to the write timeout; meanwhile mochi's per-client write
 // buffer filled and it dropped messages, QoS 1/2 included, that the client's
 // queue had room for. So Write never waits for the socket: it passes what it
-// is given through flow control (flow.go) into the connection's own buffer,
-// and a writer goroutine, running only while there is something to write,
-// writes that buffer out. The buffer is bounded: QoS 1/2 publishes are
-// limited by the window, QoS 0 ones are dropped once max_queued_messages
-// packets wait, and everything else is a bounded number of acknowledgements.
+// is given through flow control (flow.go), then
+//
+//   - on a plain TCP socket (ConnInfo.Socket) with nothing waiting and no
+//     write in the last directGap, writes it at once from the calling
+//     goroutine, as much as the socket's send buffer takes without waiting
+//     (socket_linux.go): no copy, no hand-off, the lowest latency;
+//   - queues the rest, and everything on other connections (TLS,
+//     WebSocket), in the connection's outQueue (outqueue.go), which a writer
+//     goroutine, running only while there is something to write, writes out
+//     (with writev on a TCP socket). A busy connection's packets are
+//     gathered so: one write per packet cost 1.7 times the CPU per message
+//     at 64 bytes, QoS 1 (docs/PERFORMANCE.md), in the broker and in the
+//     client that reads them.
+//
+// The queue is bounded: QoS 1/2 publishes are limited by the window, QoS 0
+// ones are dropped once max_queued_messages packets wait, and everything else
+// is a bounded number of acknowledgements.
 
 // writeQueue is a connection's write path. wmu guards it, and the flow
 // control (flowState) and backpressure (roomState) that decide what enters it.
 type writeQueue struct {
 	wmu     sync.Mutex
-	holding bool   // storage.go: acknowledgements wait until stored
-	held    []byte // written while holding
-	out     []byte // waiting for the writer goroutine
-	outN    int    // packets in out
-	busyN   int    // packets the writer is writing now
-	writing bool   // a writer goroutine runs
-	werr    error  // the write that failed; the connection is closed
-	closing bool   // Close has begun: nothing more is taken
+	holding bool     // storage.go: acknowledgements wait until stored
+	held    []byte   // written while holding
+	q       outQueue // waiting for the writer goroutine
+	outN    int      // packets in q
+	busyN   int      // packets the writer is writing now
+	writing bool     // a writer goroutine runs
+	werr    error    // the write that failed; the connection is closed
+	closing bool     // Close has begun: nothing more is taken
 	// From session establishment to the CONNACK (beforeConnack).
 	awaitConnack bool
 	early        []byte
 	flushed      sync.Cond
 
+	// socket is the door's plain TCP socket (ConnInfo.Socket), written to
+	// directly; nil for other connections.
+	socket *rawSocket
+	// bytesOut counts what is written to socket (metrics); nil without
+	// metrics. Other writes are counted by countingConn.
+	bytesOut *atomic.Uint64
+
 	// writeTimeout bounds every write to the client (see write).
 	writeTimeout time.Duration
 	// writeCap bounds every write deadline once shutdown starts (unix ns).
 	writeCap atomic.Int64
-	// setupDone ends sizeWriteBuffer's hold; Serve's goroutine only.
-	setupDone func()
 }
 
 // maxRepliesWaiting is how many packets beyond what flow control allows
@@ -60,7 +77,9 @@ const maxRepliesWaiting = 1024
 var ErrNotReading = errors.New("mqtt: client does not read")
 
 // Write takes p for the client, or keeps it while the connection is held
-// (storage.go). It does not wait for the socket.
+// (storage.go). It does not wait for the socket. The write path may keep p
+// until it is written (outqueue.go): every caller hands over a buffer it
+// does not use again.
 func (c *clientConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -107,8 +126,9 @@ func (c *clientConn) beforeConnack(p []byte) error {
 	return nil
 }
 
-// enqueue adds n packets in b to what the writer goroutine writes, and
-// starts it if it is not running. Called with wmu held.
+// enqueue writes n packets in b, or what of them the socket does not take
+// now, to the outQueue, and starts the writer goroutine if it is not
+// running. Called with wmu held.
 func (c *clientConn) enqueue(b []byte, n int) error {
 	if c.werr != nil {
 		return c.werr
@@ -119,16 +139,28 @@ func (c *clientConn) enqueue(b []byte, n int) error {
 	if len(b) == 0 {
 		return nil
 	}
-	c.out = append(c.out, b...)
+	if c.socket != nil && !c.writing && c.q.empty() && c.socket.idle() {
+		w, err := c.socket.tryWrite1(b)
+		c.countOut(w)
+		if err != nil {
+			c.fail(err)
+			return err
+		}
+		if w > 0 {
+			c.progressed()
+		}
+		if w == len(b) {
+			return nil
+		}
+		b = b[w:]
+	}
+	c.q.add(b)
 	c.outN += n
 	if c.flow != nil && c.outN > c.flow.writeMax+c.flow.window+maxRepliesWaiting {
 		// Publishes are bounded by flow control, but a client that sends
 		// and never reads would have its replies (acknowledgements,
 		// SUBACKs, PINGRESPs) buffered without end.
-		c.werr = ErrNotReading
-		c.out, c.outN = nil, 0
-		_ = c.Conn.Close()
-		c.wakeWaiters()
+		c.fail(ErrNotReading)
 		c.broker.logDrop(c.mochi, "mqtt client does not read its replies, closing the connection")
 		return c.werr
 	}
@@ -139,52 +171,81 @@ func (c *clientConn) enqueue(b []byte, n int) error {
 	return nil
 }
 
+// fail ends the connection after a failed write: nothing more is written.
+// Called with wmu held.
+func (c *clientConn) fail(err error) {
+	c.werr = err
+	c.q.reset()
+	c.outN = 0
+	_ = c.Conn.Close()
+	c.wakeWaiters() // nobody waits for a closed connection
+}
+
+// countOut counts n bytes written to the socket directly.
+func (c *clientConn) countOut(n int) {
+	if c.bytesOut != nil && n > 0 {
+		c.bytesOut.Add(uint64(n))
+	}
+}
+
 // waiting is the number of packets not yet written. Called with wmu held.
 func (c *clientConn) waiting() int { return c.outN + c.busyN }
 
-// writeLoop writes the buffer out until it is empty or a write fails; a
+// writeLoop writes the queue out until it is empty or a write fails; a
 // failed write closes the connection, which ends the session.
 func (c *clientConn) writeLoop() {
-	var spare []byte
+	var spare outBatch
 	c.wmu.Lock()
 	for {
-		if len(c.out) == 0 && c.werr == nil {
+		if c.q.empty() && c.werr == nil {
 			// More often than not the next packet is on its way: give
 			// its writer a moment rather than end and start again.
 			c.wmu.Unlock()
 			runtime.Gosched()
 			c.wmu.Lock()
 		}
-		if len(c.out) == 0 || c.werr != nil {
+		if c.q.empty() || c.werr != nil {
 			break
 		}
-		buf := c.out
+		batch := c.q.take(spare)
 		c.busyN, c.outN = c.outN, 0
-		c.out = spare[:0]
 		c.wmu.Unlock()
-		_, err := c.write(buf)
+		err := c.writeBatch(batch.segs)
+		spare = batch.release()
 		c.wmu.Lock()
 		c.busyN = 0
+		if c.socket != nil {
+			c.socket.last = time.Now()
+		}
 		if err != nil {
-			c.werr = err
-			c.out, c.outN = nil, 0
-			_ = c.Conn.Close()
-			c.wakeWaiters() // nobody waits for a closed connection
+			if c.werr == nil {
+				c.fail(err)
+			}
 		} else {
 			c.progressed()
 		}
-		// Two buffers take turns; a large one is not kept.
-		spare = nil
-		if cap(buf) <= 64<<10 {
-			spare = buf
-		}
 	}
 	c.writing = false
-	if cap(c.out) > 4<<10 {
-		c.out = nil // an idle connection keeps no large buffer
-	}
 	c.flushed.Broadcast()
 	c.wmu.Unlock()
+}
+
+// writeBatch writes segs, with one writev on a socket.
+func (c *clientConn) writeBatch(segs [][]byte) error {
+	if c.socket == nil {
+		for _, s := range segs {
+			if _, err := c.write(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	c.setWriteTimeout()
+	bufs := net.Buffers(segs)
+	n, err := bufs.WriteTo(c.socket.conn)
+	c.countOut(int(n))
+	c.closeOnTimeout(err)
+	return err
 }
 
 // drain waits until what was written so far is out, or writing failed. The
@@ -208,7 +269,8 @@ func (c *clientConn) drain(close bool) {
 		// mochi keeps a disconnected persistent session's connection
 		// until the session expires: keep nothing large with it. (mochi's
 		// in-flight store keeps the queued messages themselves.)
-		c.flow, c.held, c.out = nil, nil, nil
+		c.flow, c.held = nil, nil
+		c.q.reset()
 	}
 }
 
@@ -225,15 +287,23 @@ func (c *clientConn) Close() error {
 // session forever, and a new connection taking its client id over would
 // wait forever for the DISCONNECT written to it.
 func (c *clientConn) write(p []byte) (int, error) {
+	c.setWriteTimeout()
+	n, err := c.Conn.Write(p)
+	c.closeOnTimeout(err)
+	return n, err
+}
+
+func (c *clientConn) setWriteTimeout() {
 	if c.writeTimeout > 0 {
 		_ = c.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	}
-	n, err := c.Conn.Write(p)
+}
+
+func (c *clientConn) closeOnTimeout(err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		_ = c.Conn.Close()
 	}
-	return n, err
 }
 
 // SetDeadline sets the read deadline only. mochi calls it with the
@@ -273,45 +343,9 @@ func (c *clientConn) release() error {
 	if len(c.held) == 0 {
 		return nil
 	}
-	err := c.send(c.held)
-	if cap(c.held) > 64<<10 {
-		c.held = nil
-	} else {
-		c.held = c.held[:0]
-	}
-	return err
-}
-
-// writeBufferSize is the number of packets mochi may hold for a client
-// before its writer goroutine takes them: every QoS 1/2 message the client
-// may have in flight or queued, and some room for QoS 0 messages and
-// acknowledgements. mochi drops whatever does not fit, QoS 1/2 included, so
-// a smaller buffer would lose messages the client's queue has room for when
-// a burst comes faster than the writer goroutine is scheduled.
-func writeBufferSize(inflight, queued int) int { return inflight + queued + 64 }
-
-// sizeWriteBuffer makes mochi size the write buffer of cc's client for cc's
-// door. mochi sizes it, when it creates the client, from one server-wide
-// capability; so the capability is set for this connection under
-// clientSetup, which the connection holds until mochi, having created the
-// client, first reads from it (or gives up). Both happen on Serve's
-// goroutine, right after EstablishConnection is called.
-func (b *Broker) sizeWriteBuffer(cc *clientConn) {
-	b.clientSetup.Lock()
-	b.srv.Options.Capabilities.MaximumClientWritesPending = int32(writeBufferSize(cc.inflightLimit(b), cc.queueLimit(b)))
-	cc.setupDone = b.clientSetup.Unlock
-}
-
-// endSetup ends sizeWriteBuffer's hold, once. Serve's goroutine only.
-func (c *clientConn) endSetup() {
-	if done := c.setupDone; done != nil {
-		c.setupDone = nil
-		done()
-	}
-}
-
-// Read ends sizeWriteBuffer's hold on the first read.
-func (c *clientConn) Read(p []byte) (int, error) {
-	c.endSetup()
-	return c.Conn.Read(p)
+	// The write path may keep what it is given (outqueue.go): held is
+	// not reused.
+	held := c.held
+	c.held = nil
+	return c.send(held)
 }

@@ -7,6 +7,7 @@ package l4mqtt
 import (
 	"crypto/tls"
 	"errors"
+	"net"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -64,6 +65,14 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if states, _ := cx.GetVar(layer4.TLSConnectionStatesVarName).([]*tls.ConnectionState); len(states) > 0 {
 		info.Door = broker.DoorTLS
 		info.TLS = states[len(states)-1]
+	}
+	switch sock := cx.Conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		// Nothing between the broker and the socket on the way out (no
+		// TLS): the broker writes to it directly, without waiting on it.
+		// layer4's own count of bytes written then misses those writes;
+		// the mqtt metrics count them.
+		info.Socket = sock
 	}
 	caddymqtt.NoteDoor(h.logger, info.Door, cx.LocalAddr())
 	// cx.RemoteAddr is the real client when a proxy_protocol handler ran

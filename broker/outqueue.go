@@ -1,0 +1,92 @@
+package broker
+
+import "sync"
+
+// outQueue holds the bytes waiting to be written to one connection, as a list
+// of segments written in order. It never grows one buffer by appending to it:
+// that copied everything queued so far on every growth, allocated and zeroed
+// a new large buffer each time, and was a fifth of the broker's CPU at 4 KiB
+// per message (docs/PERFORMANCE.md).
+//
+//   - A packet of at least keepFrom bytes stays in the buffer mochi encoded it
+//     into: mochi encodes every packet into a buffer of its own and never
+//     touches it again once it has been written (MOCHI.md, row 31), so the
+//     bytes are written from there, not copied.
+//   - Smaller ones are copied into chunks of chunkSize bytes from a pool, so
+//     that many small packets leave in one write (one syscall, one TLS
+//     record, one WebSocket frame). A chunk goes back to the pool once it
+//     has been written.
+//
+// It is guarded by the connection's wmu.
+type outQueue struct {
+	segs     [][]byte
+	chunks   []*[]byte // the pooled chunks segs use, returned after writing
+	tail     *[]byte   // the last chunk, while segs ends with it
+	keepFrom int       // packets this long or longer are not copied
+}
+
+const chunkSize = 32 << 10
+
+var chunkPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, chunkSize)
+	return &b
+}}
+
+// add queues b, which the queue may keep (see outQueue).
+func (q *outQueue) add(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if len(b) >= q.keepFrom || len(b) > chunkSize {
+		q.segs = append(q.segs, b)
+		q.tail = nil
+		return
+	}
+	if q.tail != nil && cap(*q.tail)-len(*q.tail) >= len(b) {
+		*q.tail = append(*q.tail, b...)
+		q.segs[len(q.segs)-1] = *q.tail
+		return
+	}
+	c := chunkPool.Get().(*[]byte)
+	*c = append((*c)[:0], b...)
+	q.chunks = append(q.chunks, c)
+	q.tail = c
+	q.segs = append(q.segs, *c)
+}
+
+// empty reports whether nothing waits.
+func (q *outQueue) empty() bool { return len(q.segs) == 0 }
+
+// take hands everything queued to the writer and leaves the queue empty;
+// spare is an emptied batch whose lists the queue reuses.
+func (q *outQueue) take(spare outBatch) outBatch {
+	b := outBatch{segs: q.segs, chunks: q.chunks}
+	q.segs, q.chunks, q.tail = spare.segs[:0], spare.chunks[:0], nil
+	return b
+}
+
+// reset drops everything queued (the connection failed or is done).
+func (q *outQueue) reset() {
+	outBatch{segs: q.segs, chunks: q.chunks}.release()
+	q.segs, q.chunks, q.tail = nil, nil, nil
+}
+
+// outBatch is what the writer writes in one go.
+type outBatch struct {
+	segs   [][]byte
+	chunks []*[]byte
+}
+
+// release returns the batch's chunks to the pool and clears its lists, so
+// that they hold on to no packet.
+func (b outBatch) release() outBatch {
+	for i, c := range b.chunks {
+		if cap(*c) == chunkSize {
+			*c = (*c)[:0]
+			chunkPool.Put(c)
+		}
+		b.chunks[i] = nil
+	}
+	clear(b.segs)
+	return outBatch{segs: b.segs[:0], chunks: b.chunks[:0]}
+}
