@@ -105,6 +105,10 @@ func (p AnonymousPolicy) Authenticate(c *Client, _ []byte) error {
 	return nil
 }
 
+// NeedsPasswordCheck implements PasswordChecker: deciding costs nothing,
+// so no CONNECT waits for (or is refused by) the bounds on password checks.
+func (AnonymousPolicy) NeedsPasswordCheck(*Client, []byte) bool { return false }
+
 // Authorize implements Policy.
 func (AnonymousPolicy) Authorize(_ *Client, topic string, access Access) bool {
 	return !(access == AccessPublish && IsSysTopic(topic))
