@@ -295,8 +295,10 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	defer b.connEnded(cc) // metrics.go
 
 	// mochi reads CONNECT with no deadline; after CONNECT it replaces this
-	// one with the keepalive deadline.
-	_ = conn.SetDeadline(time.Now().Add(b.opts.ConnectTimeout))
+	// one with the keepalive deadline. Only reads: writes have deadlines of
+	// their own, and a write deadline left behind would fail the direct
+	// writes to a socket once it passed (writer.go).
+	_ = conn.SetReadDeadline(time.Now().Add(b.opts.ConnectTimeout))
 	err := b.srv.EstablishConnection(string(info.Door), cc)
 	cc.drain(false) // the door closes conn once Serve returns
 	return normalizeErr(err)

@@ -63,3 +63,44 @@ func TestWritePathKeepsPacketsIntact(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectWritesOutliveDeadlines: a write straight to the socket does not
+// wait and must not fail on a write deadline left behind — the connect
+// timeout's, or the one the writer goroutine set for a blocking write —
+// once it has passed (a direct write then failed "i/o timeout" and closed
+// the connection of a client that had done nothing wrong).
+func TestDirectWritesOutliveDeadlines(t *testing.T) {
+	b := newBroker(t, Options{ConnectTimeout: 300 * time.Millisecond, WriteTimeout: 500 * time.Millisecond}, AnonymousPolicy{Allow: true})
+	addr := serveDoor(t, b, ConnInfo{Door: DoorTCP})
+	sub := dialRaw(t, addr, 4, "deadlines", true, packets.Properties{})
+	sub.subscribe("deadlines/t", 0)
+	expect := func(what string, n int) {
+		t.Helper()
+		for i := range n {
+			pk := sub.read(5 * time.Second)
+			if pk.FixedHeader.Type != packets.Publish {
+				t.Fatalf("%s: message %d of %d: got %v", what, i, n, pk.FixedHeader.Type)
+			}
+		}
+	}
+	time.Sleep(400 * time.Millisecond) // past the connect timeout
+	if err := b.Server().Publish("deadlines/t", []byte("after connect timeout"), false, 0); err != nil {
+		t.Fatal(err)
+	}
+	expect("after the connect timeout", 1)
+
+	// Fill the socket so that the writer goroutine writes with a deadline,
+	// read it all, and let that deadline pass.
+	big := bytes.Repeat([]byte("x"), 64<<10)
+	for range 200 {
+		if err := b.Server().Publish("deadlines/t", big, false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect("the burst", 200)
+	time.Sleep(700 * time.Millisecond)
+	if err := b.Server().Publish("deadlines/t", []byte("after write timeout"), false, 0); err != nil {
+		t.Fatal(err)
+	}
+	expect("after the write deadline", 1)
+}

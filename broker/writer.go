@@ -245,6 +245,11 @@ func (c *clientConn) writeBatch(segs [][]byte) error {
 	n, err := bufs.WriteTo(c.socket.conn)
 	c.countOut(int(n))
 	c.closeOnTimeout(err)
+	if err == nil && c.writeTimeout > 0 {
+		// The direct writes that follow do not wait, and must not
+		// fail on this deadline once it has passed.
+		_ = c.SetWriteDeadline(time.Time{})
+	}
 	return err
 }
 
