@@ -124,8 +124,9 @@ func (b *Broker) Kick(ctx context.Context, id string, discard bool) error {
 	cc, _ := cl.Net.Conn.(*clientConn)
 	if !cl.Closed() {
 		if cl.Properties.ProtocolVersion >= 5 {
-			_ = b.srv.DisconnectClient(cl, packets.ErrAdministrativeAction)
+			b.disconnect(cl, packets.ErrAdministrativeAction)
 		} else {
+			noteEnding(cl, packets.ErrAdministrativeAction)
 			cl.Stop(packets.ErrAdministrativeAction)
 		}
 	} else if !discard {

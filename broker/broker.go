@@ -409,7 +409,7 @@ func (b *Broker) shutdown(ctx context.Context) error {
 		}
 		disconnecting.Go(func() {
 			if cl.Properties.ProtocolVersion >= 5 {
-				_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+				b.disconnect(cl, packets.ErrServerShuttingDown)
 			} else {
 				cl.Stop(packets.ErrServerShuttingDown)
 			}
@@ -477,9 +477,29 @@ type clientConn struct {
 	m            connMetrics            // metrics.go
 	authed       atomic.Pointer[authed] // recheck.go
 
+	// ending is why the broker ends the connection (an error, see
+	// Broker.disconnect), noted before it tells the client.
+	ending atomic.Value
+
 	// refusedPublish is the topic of the MQTT 3 publish being processed
 	// that the ACL refused (publishcheck.go); mochi's read loop only.
 	refusedPublish string
+}
+
+// disconnect sends cl a DISCONNECT with code and ends its connection. The
+// cause is noted first: the DISCONNECT may be written to the socket at once
+// (writer.go), and a client that closes its side on reading it must not
+// make its read loop's EOF pass for the reason (metrics, logs).
+func (b *Broker) disconnect(cl *mqtt.Client, code packets.Code) {
+	noteEnding(cl, code)
+	_ = b.srv.DisconnectClient(cl, code)
+}
+
+// noteEnding notes why the broker ends cl's connection (see disconnect).
+func noteEnding(cl *mqtt.Client, cause error) {
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.ending.CompareAndSwap(nil, cause)
+	}
 }
 
 // RemoteAddr reports the client's real address when the door knows it.

@@ -101,7 +101,7 @@ func (c *packetLimitConn) readFailed(err error) error {
 		return err
 	}
 	if c.cl != nil && c.version >= 5 && c.cc != nil {
-		_ = c.cc.broker.srv.DisconnectClient(c.cl, code)
+		c.cc.broker.disconnect(c.cl, code)
 	}
 	return err
 }

@@ -285,7 +285,8 @@ func (h *metricsHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []b
 // the error that ended its reads.
 func disconnectReason(cl *mqtt.Client, cc *clientConn, err error) string {
 	cause := cl.StopCause()
-	for _, e := range []error{cause, err} {
+	ending, _ := cc.ending.Load().(error)
+	for _, e := range []error{ending, cause, err} {
 		switch {
 		case e == nil:
 			continue

@@ -94,7 +94,7 @@ func isSysPrefix(topic string) bool {
 // mochi stop reading.
 func (h *publishCheckHook) refuse(cl *mqtt.Client, code packets.Code) error {
 	if cl.Properties.ProtocolVersion >= 5 {
-		_ = h.b.srv.DisconnectClient(cl, code)
+		h.b.disconnect(cl, code)
 	} else {
 		cl.Stop(code)
 	}

@@ -81,7 +81,7 @@ func (b *Broker) recheck(prev, p Policy) {
 		wg.Go(func() {
 			cl := v.a.cl
 			if cl.Properties.ProtocolVersion >= 5 && v.cc.established.Load() {
-				_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+				b.disconnect(cl, packets.ErrNotAuthorized)
 			}
 			cl.Stop(packets.ErrNotAuthorized)
 			_ = v.cc.Close()
