@@ -161,7 +161,10 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	}
 	// Before orderHook: it decides, in OnSessionEstablish, whether there is
 	// a queue to reorder, and sessionHook may discard it first.
-	for _, h := range []mqtt.Hook{&packetIDHook{}, &sessionHook{b: b}, &retainedHook{b: b}, &backpressureHook{}} {
+	// handoverHook after sessionHook: it moves only sessions that
+	// sessionHook lets the new connection resume.
+	handover := &handoverHook{b: b}
+	for _, h := range []mqtt.Hook{&packetIDHook{}, &sessionHook{b: b}, handover, &retainedHook{b: b}, &backpressureHook{}} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, err
 		}
@@ -199,6 +202,7 @@ func New(opts Options, policy Policy) (*Broker, error) {
 			return nil, fmt.Errorf("opening mqtt storage: %w", err)
 		}
 		order.store, b.store = hook, hook
+		hook.caught = handover.caught
 		if b.doorKeys, err = loadDoorKeys(opts.Storage.Path + ".doors"); err != nil {
 			return nil, fmt.Errorf("opening mqtt storage: %w", err)
 		}

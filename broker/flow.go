@@ -448,3 +448,22 @@ func (b *Broker) logDrop(cl *mqtt.Client, msg string) {
 		b.log.Warn(msg, "client", cl.ID, "username", string(cl.Properties.Username), "door", cl.Net.Listener)
 	}
 }
+
+// track numbers a QoS 1/2 message that the broker sends a client itself
+// (retained.go, handover.go) and keeps it in the session's store (and on
+// disk), as mochi does for the messages it publishes.
+func (b *Broker) track(cl *mqtt.Client, cc *clientConn, out *packets.Packet) bool {
+	id, err := cl.NextPacketID()
+	if err != nil {
+		return false
+	}
+	out.PacketID = uint16(id)
+	cc.ids.lastOut.Store(id)
+	if cl.State.Inflight.Set(*out) {
+		atomic.AddInt64(&b.srv.Info.Inflight, 1)
+		if b.store != nil && b.store.keep(cl) {
+			b.store.OnQosPublish(cl, *out, out.Created, 0)
+		}
+	}
+	return true
+}

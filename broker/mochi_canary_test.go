@@ -369,3 +369,26 @@ func TestMochiCanaryWrittenBuffersUntouched(t *testing.T) {
 		}
 	}
 }
+
+// Canary for handover.go: when a connection resumes a session, mochi copies
+// the old client's queue into a new store for the new client and clears the
+// old one, so a message queued in the old client after the copy (by a
+// publisher that looked the client id up before the new client was
+// registered) is never delivered.
+func TestMochiCanaryResumeCopiesQueue(t *testing.T) {
+	srv, addr := bareMochi(t, nil)
+	offlineQueue(t, srv, addr, "canary-resume", "canary/resume", 2)
+	old, _ := srv.Clients.Get("canary-resume")
+	queue := old.State.Inflight
+	c := dialRaw(t, addr, 4, "canary-resume", false, packets.Properties{})
+	if got := len(c.publishes(quiet)); got != 2 {
+		t.Fatalf("resumed %d messages, want 2", got)
+	}
+	cur, _ := srv.Clients.Get("canary-resume")
+	if cur == old || cur.State.Inflight == queue {
+		t.Fatal("mochi now hands the old client's store itself to the new client: review handover.go")
+	}
+	if queue.Len() != 0 {
+		t.Fatal("mochi no longer clears the old client's store: review handover.go")
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -160,29 +159,11 @@ func (h *retainedHook) feed(cl *mqtt.Client, cc *clientConn, sub packets.Subscri
 			out.Properties.SubscriptionIdentifier = []int{sub.Identifier}
 		}
 		cc.awaitRoomPatiently()
-		if out.FixedHeader.Qos > 0 && !h.track(cl, cc, &out) {
+		if out.FixedHeader.Qos > 0 && !h.b.track(cl, cc, &out) {
 			continue
 		}
 		if err := cl.WritePacket(out); err != nil {
 			return
 		}
 	}
-}
-
-// track numbers a QoS 1/2 message and keeps it in the session's store (and
-// on disk), as mochi does for the messages it sends.
-func (h *retainedHook) track(cl *mqtt.Client, cc *clientConn, out *packets.Packet) bool {
-	id, err := cl.NextPacketID()
-	if err != nil {
-		return false
-	}
-	out.PacketID = uint16(id)
-	cc.ids.lastOut.Store(id)
-	if cl.State.Inflight.Set(*out) {
-		atomic.AddInt64(&h.b.srv.Info.Inflight, 1)
-		if h.b.store != nil && h.b.store.keep(cl) {
-			h.b.store.OnQosPublish(cl, *out, out.Created, 0)
-		}
-	}
-	return true
 }

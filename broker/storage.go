@@ -104,6 +104,9 @@ type boltStore struct {
 	mu       sync.Mutex
 	known    map[string]bool       // client ids with a record in the store
 	handover map[*mqtt.Client]bool // old sessions whose queue a new connection inherits
+	// caught reports old clients whose new messages go to their successor
+	// (handover.go): written under the successor, never under them.
+	caught func(*mqtt.Client) bool
 }
 
 // persistentSession reports whether cl's session outlives its connection
@@ -185,6 +188,9 @@ func (h *boltStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 func (h *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Dup {
 		// A resend: the record exists (written when the message was queued).
+		return
+	}
+	if h.caught != nil && h.caught(cl) {
 		return
 	}
 	if h.keep(cl) {
@@ -271,8 +277,23 @@ func (h *orderHook) Provides(b byte) bool {
 		mqtt.OnSessionEstablish,
 		mqtt.OnSessionEstablished,
 		mqtt.OnPacketEncode,
+		mqtt.OnQosPublish,
 		mqtt.OnDisconnect,
 	}, []byte{b})
+}
+
+// OnQosPublish notes a message published to the client while its queue is
+// resent: written live, it is no part of the queue being resent. mochi
+// numbers a resumed session's new messages from 1 again, so by identifier
+// they sorted before the queue, took its places in the resend, and as many
+// queued messages were never sent at all.
+func (h *orderHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
+		return
+	}
+	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		cc.resend.written(pk.PacketID)
+	}
 }
 
 // OnPublish starts holding the publisher's outgoing bytes.
@@ -328,7 +349,7 @@ func (h *orderHook) endResend(cl *mqtt.Client) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
 		cc.resend.Lock()
 		existing := cc.resend.existing
-		cc.resend.armed, cc.resend.queue, cc.resend.existing = false, nil, nil
+		cc.resend.armed, cc.resend.queue, cc.resend.existing, cc.resend.live = false, nil, nil, nil
 		cc.resend.Unlock()
 		if existing != nil && h.store != nil {
 			h.store.mu.Lock()
@@ -357,9 +378,9 @@ func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 	}
 	if !r.started {
 		// The first resent packet: mochi has taken its resend list, and the
-		// in-flight set holds that list plus, at the end in queue order,
-		// anything queued since (which goes out as a live message).
-		r.queue = queuedPublishes(cl.State.Inflight.GetAll(false))
+		// in-flight set holds that list plus what was published to the
+		// client since (written live as it came: left out).
+		r.queue = queuedPublishes(cl.State.Inflight.GetAll(false), r.live)
 		r.started = true
 	}
 	if len(r.queue) == 0 {
@@ -385,15 +406,29 @@ type resendOrder struct {
 	armed, started bool
 	queue          []packets.Packet
 	existing       *mqtt.Client
+	live           map[uint16]bool // published since the session was resumed
+}
+
+// written notes a message written to the client as it is published, while
+// the queue is resent.
+func (r *resendOrder) written(id uint16) {
+	r.Lock()
+	if r.armed {
+		if r.live == nil {
+			r.live = make(map[uint16]bool)
+		}
+		r.live[id] = true
+	}
+	r.Unlock()
 }
 
 // queuedPublishes returns the PUBLISH packets of an in-flight set in the
 // order they were queued: by creation second, then by packet identifier in
 // the order mochi hands them out (counting up, wrapping from 65535 to 1).
-func queuedPublishes(all []packets.Packet) []packets.Packet {
+func queuedPublishes(all []packets.Packet, live map[uint16]bool) []packets.Packet {
 	var q []packets.Packet
 	for _, p := range all {
-		if p.FixedHeader.Type == packets.Publish {
+		if p.FixedHeader.Type == packets.Publish && !live[p.PacketID] {
 			q = append(q, p)
 		}
 	}

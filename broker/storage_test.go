@@ -168,8 +168,8 @@ func TestQueuedPublishesOrder(t *testing.T) {
 	got := queuedPublishes([]packets.Packet{
 		pk(11, 3), pk(10, 2), pk(10, 65535), pk(10, 1), pk(10, 65534),
 		{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 9},
-		pk(11, 2),
-	})
+		pk(11, 2), pk(10, 4), // 4: published live since the resume
+	}, map[uint16]bool{4: true})
 	var ids []uint16
 	for _, p := range got {
 		ids = append(ids, p.PacketID)
