@@ -504,3 +504,172 @@ func TestClusterQoS1NodeKilled(t *testing.T) {
 	close(stopRecv)
 	<-recvDone
 }
+
+// startDurableClusterNodes runs three Caddy processes with bolt storage
+// (persistent sessions survive a kill) joined through ns.
+func startDurableClusterNodes(t *testing.T, ns *natsServer) []*Caddy {
+	t.Helper()
+	var nodes []*Caddy
+	for i := 1; i <= 3; i++ {
+		nodes = append(nodes, startCaddy(t, fmt.Sprintf("storage bolt\n\tmax_queued_messages 25000\n\tcluster nats {\n\t\t\turl %s\n\t\t\tnode node%d\n\t\t}", ns.url(), i)))
+	}
+	return nodes
+}
+
+// killNode kills c with SIGKILL and waits until it is gone.
+func killNode(t *testing.T, c *Caddy) {
+	t.Helper()
+	_ = syscall.Kill(c.Pid(), syscall.SIGKILL)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("node not dead after SIGKILL")
+	}
+}
+
+// counter counts payloads received by one subscriber, across reconnects.
+type counter struct {
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func (c *counter) add(p string) {
+	c.mu.Lock()
+	c.got[p]++
+	c.mu.Unlock()
+}
+
+// missing is how many of the first n payloads (0..n-1) never arrived.
+func (c *counter) missing(n int) (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	miss, first := 0, -1
+	for i := range n {
+		if c.got[strconv.Itoa(i)] == 0 {
+			miss++
+			if first < 0 {
+				first = i
+			}
+		}
+	}
+	return miss, first
+}
+
+func (c *counter) waitAll(t *testing.T, who string, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		miss, first := c.missing(n)
+		if miss == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d acknowledged messages never delivered (first: %d)", who, miss, first)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// drainV5 counts v's messages into c until stop is closed.
+func drainV5(v *V5, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case m := <-v.Msgs:
+				c.add(string(m.Payload))
+			case <-stop:
+				return
+			}
+		}
+	}()
+}
+
+func drainV3(v *V3, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case m := <-v.Msgs:
+				c.add(string(m.Payload()))
+			case <-stop:
+				return
+			}
+		}
+	}()
+}
+
+// TestClusterQoS1SubscriberNodeKilled: persistent QoS 1 subscribers (MQTT 5
+// and MQTT 3.1.1) on node 2; 10,000 QoS 1 messages published on node 1;
+// node 2 is killed (-9) midway, stays down while the rest is published and
+// acknowledged, and is restarted. The subscribers reconnect to node 2 and
+// get every message at least once: what was published while node 2 was
+// down waited in the JetStream stream for node 2's durable consumer.
+func TestClusterQoS1SubscriberNodeKilled(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startDurableClusterNodes(t, ns)
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	sub5 := persistentV5(nodes[1], t, "tcp", "kd-sub5")
+	sub5.Subscribe(t, "stream/#", 1)
+	sub3 := persistentV3(nodes[1], t, "tls", "kd-sub3")
+	sub3.Subscribe(t, "stream/#", 1)
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+
+	const total = 10000
+	pub := nodes[0].ConnectV5(t, "tcp", "kd-pub")
+	for i := range total {
+		if i == total/2 {
+			killNode(t, nodes[1])
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err := pub.Client.Publish(ctx, &paho.Publish{Topic: "stream/k", QoS: 1, Payload: []byte(strconv.Itoa(i))})
+		cancel()
+		if err != nil || r.ReasonCode >= 0x80 {
+			t.Fatalf("publish %d: %v %+v", i, err, r)
+		}
+	}
+	nodes[1].Restart()
+	sub5 = persistentV5(nodes[1], t, "tcp", "kd-sub5")
+	if !sub5.SessionPresent {
+		t.Fatal("node 2 lost the MQTT 5 session")
+	}
+	sub3 = persistentV3(nodes[1], t, "tls", "kd-sub3")
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	c5.waitAll(t, "MQTT 5 subscriber", total, 90*time.Second)
+	c3.waitAll(t, "MQTT 3.1.1 subscriber", total, 60*time.Second)
+}
+
+// TestClusterQoS1SurvivesNATSRestart: a persistent subscriber's node is
+// down while 500 QoS 1 messages are published and acknowledged on another
+// node; then NATS itself is restarted (file storage), then the node: the
+// subscriber gets all 500.
+func TestClusterQoS1SurvivesNATSRestart(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startDurableClusterNodes(t, ns)
+	sub := persistentV5(nodes[0], t, "tcp", "nr-sub")
+	sub.Subscribe(t, "dur/#", 1)
+	killNode(t, nodes[0])
+	pub := nodes[1].ConnectV3(t, "tcp", "nr-pub") // MQTT 3.1.1 publisher
+	const total = 500
+	for i := range total {
+		pub.Publish(t, "dur/x", 1, false, []byte(strconv.Itoa(i)))
+	}
+	ns.stop()
+	ns.start()
+	nodes[0].Restart()
+	c := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	sub = persistentV5(nodes[0], t, "tcp", "nr-sub")
+	drainV5(sub, c, stop, &wg)
+	c.waitAll(t, "subscriber", total, 60*time.Second)
+}

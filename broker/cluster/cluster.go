@@ -25,6 +25,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Config is one node's view of the cluster.
@@ -103,6 +104,7 @@ type Hook struct {
 	dedup dedup // inject loop only
 	ret   retained
 	own   owners
+	qs    qstream
 	warn  logEvery
 }
 
@@ -111,6 +113,7 @@ type Hook struct {
 type inbound struct {
 	m      *nats.Msg
 	shared string
+	jm     jetstream.Msg // from the node's JetStream consumer (m is nil)
 }
 
 // filterSub is the NATS interest of one MQTT filter.
@@ -158,7 +161,7 @@ func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnSelectSubscribers,
 		mqtt.OnSubscribe, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-		mqtt.OnSessionEstablished:
+		mqtt.OnSessionEstablished, mqtt.OnStarted:
 		return true
 	}
 	return false
@@ -251,6 +254,7 @@ func (h *Hook) Stop() error {
 		h.nc.Close()
 	}
 	h.ret.stop()
+	h.qs.stop()
 	h.wg.Wait()
 	return nil
 }
@@ -316,10 +320,14 @@ func (h *Hook) forward(pk *packets.Packet) error {
 	m.Header.Set(hdrSource, h.src)
 	m.Header.Set(hdrSeq, strconv.FormatUint(h.seq.Add(1), 10))
 	encodeHeader(m.Header, pk, now)
-	if err := h.nc.PublishMsg(m); err != nil {
+	if js := h.qs.ready(); js != nil && pk.FixedHeader.Qos > 0 {
+		// Stored in the stream before the PUBACK (stream.go).
+		if err := h.publishStored(js, m, pk.TopicName, m.Header.Get(hdrSeq)); err != nil {
+			return h.failed(pk, err)
+		}
+	} else if err := h.nc.PublishMsg(m); err != nil {
 		return h.failed(pk, err)
-	}
-	if pk.FixedHeader.Qos > 0 {
+	} else if pk.FixedHeader.Qos > 0 {
 		// The PUBACK leaves once the NATS server has the message (and has
 		// passed it to the connections of the nodes subscribed to it):
 		// nats.go's Publish only buffers, and a node killed after
@@ -387,9 +395,18 @@ func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	}
 	if added && h.Connected() {
 		_ = h.nc.FlushTimeout(2 * time.Second)
+		if err := h.qs.sync(h, false); err != nil {
+			h.warn.do(func() {
+				h.log.Warn("mqtt cluster: cannot update the node's JetStream consumer", "node", h.cfg.Node, "error", err)
+			})
+		}
 	}
 	return pk
 }
+
+// OnStarted: the broker has restored its stored sessions, so the node's
+// consumer may deliver what was published while the node was down.
+func (h *Hook) OnStarted() { h.qs.setStarted(h) }
 
 func (h *Hook) OnUnsubscribed(*mqtt.Client, packets.Packet) { h.reconcileSoon() }
 func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
@@ -421,6 +438,11 @@ func (h *Hook) want(filter string) bool {
 	fs := &filterSub{since: time.Now()}
 	var err error
 	subjects := FilterSubjects(h.prefix, plain)
+	if isShared {
+		// Shared subscriptions get QoS 1/2 messages live from the stream's
+		// subjects too, through the same queue group.
+		subjects = append(subjects, FilterSubjects(h.qprefix(), plain)...)
+	}
 	for _, subj := range subjects {
 		if len(subj) > MaxSubjectLength {
 			h.warn.do(func() {
@@ -511,9 +533,21 @@ func (h *Hook) injectLoop() {
 }
 
 func (h *Hook) inject(in inbound) {
-	m := in.m
+	m, prefix := in.m, h.prefix
+	if in.jm != nil {
+		// Acknowledged once handed to the broker (queued for offline
+		// persistent sessions), also when it is our own or unwanted.
+		defer func() { _ = in.jm.Ack() }()
+		m = &nats.Msg{Subject: in.jm.Subject(), Header: in.jm.Headers(), Data: in.jm.Data()}
+		prefix = h.qprefix()
+		if m.Header.Get(hdrSource) == h.src {
+			return
+		}
+	} else if strings.HasPrefix(m.Subject, h.qprefix()+".") {
+		prefix = h.qprefix() // a stored QoS 1/2 message to a shared subscription
+	}
 	src := m.Header.Get(hdrSource)
-	if in.shared == "" {
+	if in.shared == "" && in.jm == nil {
 		if src == h.src {
 			return // our own publish: delivered locally already
 		}
@@ -523,7 +557,7 @@ func (h *Hook) inject(in inbound) {
 			return
 		}
 	}
-	topic, err := SubjectTopic(h.prefix, m.Subject)
+	topic, err := SubjectTopic(prefix, m.Subject)
 	if err != nil || !forwarded(topic) || !mqtt.IsValidFilter(topic, true) {
 		h.stats.dropped.Add(1)
 		return
@@ -607,6 +641,14 @@ func (h *Hook) reconcile() (again time.Duration) {
 	for f := range holders {
 		h.want(f)
 	}
+	defer func() {
+		h.qs.open(h)
+		if err := h.qs.sync(h, true); err != nil {
+			h.warn.do(func() {
+				h.log.Warn("mqtt cluster: cannot update the node's JetStream consumer", "node", h.cfg.Node, "error", err)
+			})
+		}
+	}()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for f, fs := range h.subs {

@@ -85,6 +85,7 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 				if err := h.own.open(ctx, h, js); err != nil {
 					h.log.Error("mqtt cluster: no session takeover across nodes", "node", h.cfg.Node, "error", err)
 				}
+				go h.qs.open(h)
 				return
 			}
 		}
