@@ -239,6 +239,10 @@ func (h *Hook) Init(config any) error {
 	go h.injectLoop()
 	go h.reconcileLoop()
 	h.ret.waitLoaded(5 * time.Second)
+	// The stream and the node's consumer before any client: a consumer
+	// made later starts at new messages, and would miss what was stored
+	// for a subscription made before it.
+	h.qs.open(h)
 	return nil
 }
 
