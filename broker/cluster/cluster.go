@@ -85,15 +85,17 @@ type Hook struct {
 	src    string // node id and boot nonce: unique per process
 	token  string // random, in the injectors' client ids
 
-	srv      *mqtt.Server
-	nc       *nats.Conn
-	injector *mqtt.Client           // injects plain deliveries
-	sharer   *mqtt.Client           // injects deliveries to one shared subscription
-	sharing  atomic.Pointer[string] // the shared filter sharer is injecting for
-	inbox    chan inbound
-	kick     chan struct{}
-	done     chan struct{}
-	wg       sync.WaitGroup
+	srv       *mqtt.Server
+	nc        *nats.Conn
+	injector  *mqtt.Client           // injects plain deliveries
+	sharer    *mqtt.Client           // injects deliveries to one shared subscription
+	sharing   atomic.Pointer[string] // the shared filter sharer is injecting for
+	sessioner *mqtt.Client           // injects deliveries to one client (sessions.go)
+	target    atomic.Pointer[string] // the client id sessioner is injecting for
+	inbox     chan inbound
+	kick      chan struct{}
+	done      chan struct{}
+	wg        sync.WaitGroup
 
 	seq   atomic.Uint64
 	stats struct{ published, failed, received, dups, dropped atomic.Uint64 }
@@ -105,6 +107,7 @@ type Hook struct {
 	ret   retained
 	own   owners
 	qs    qstream
+	ho    handoff
 	warn  logEvery
 }
 
@@ -114,6 +117,7 @@ type inbound struct {
 	m      *nats.Msg
 	shared string
 	jm     jetstream.Msg // from the node's JetStream consumer (m is nil)
+	target string        // deliver to this client only (a session's consumer)
 }
 
 // filterSub is the NATS interest of one MQTT filter.
@@ -161,7 +165,7 @@ func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnSelectSubscribers,
 		mqtt.OnSubscribe, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-		mqtt.OnSessionEstablished, mqtt.OnStarted:
+		mqtt.OnSessionEstablished, mqtt.OnStarted, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -196,6 +200,7 @@ func (h *Hook) Init(config any) error {
 	// the broker changes per connection (broker/writer.go).
 	h.injector = srv.NewClient(nil, mqtt.LocalListener, "\x00cluster/"+h.token, true)
 	h.sharer = srv.NewClient(nil, mqtt.LocalListener, "\x00cluster/"+h.token+"/share", true)
+	h.sessioner = srv.NewClient(nil, mqtt.LocalListener, "\x00cluster/"+h.token+"/session", true)
 
 	opts := []nats.Option{
 		nats.Name("caddy-mqtt " + h.cfg.Node),
@@ -232,6 +237,10 @@ func (h *Hook) Init(config any) error {
 		return fmt.Errorf("mqtt cluster: connecting to NATS: %w", err)
 	}
 	h.nc = nc
+	// Other nodes ask for the sessions held here (sessions.go).
+	if _, err := nc.Subscribe(h.nodeSubject(h.cfg.Node), h.serveHandoff); err != nil {
+		return fmt.Errorf("mqtt cluster: subscribing on NATS: %w", err)
+	}
 	if nc.IsConnected() {
 		h.ret.reconnected(h, nc) // the handler may have run before h.nc was set
 	}
@@ -366,6 +375,18 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 	if !forwarded(pk.TopicName) {
 		return subs
 	}
+	if pk.Origin == h.sessioner.ID {
+		target := *h.target.Load() // set by inject, as sharing
+		one := map[string]packets.Subscription{}
+		if s, ok := subs.Subscriptions[target]; ok {
+			one[target] = s
+		}
+		return &mqtt.Subscribers{
+			Shared:              map[string]map[string]packets.Subscription{},
+			Subscriptions:       one,
+			InlineSubscriptions: map[int]mqtt.InlineSubscription{},
+		}
+	}
 	if pk.Origin == h.sharer.ID {
 		// Set by inject, on this goroutine: mochi selects subscribers
 		// synchronously inside InjectPacket.
@@ -412,17 +433,33 @@ func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 // consumer may deliver what was published while the node was down.
 func (h *Hook) OnStarted() { h.qs.setStarted(h) }
 
-func (h *Hook) OnUnsubscribed(*mqtt.Client, packets.Packet) { h.reconcileSoon() }
-func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+// OnSubscribed records a persistent session's subscriptions for the
+// other nodes (sessions.go).
+func (h *Hook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) { h.recordSubs(cl) }
+
+func (h *Hook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
+	h.recordSubs(cl)
+	h.reconcileSoon()
+}
+
+func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if !cl.Net.Inline {
 		h.own.release(h, cl)
+		switch {
+		case h.ho.takeMoved(cl.ID):
+			h.discard(cl) // the session went with its client to another node
+		case !expire && !cl.IsTakenOver():
+			go h.leave(cl)
+		}
 	}
 	h.reconcileSoon()
 }
 func (h *Hook) OnClientExpired(*mqtt.Client) { h.reconcileSoon() }
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if !cl.Net.Inline {
-		h.own.claim(h, cl)
+		h.ho.setAdopting(cl.ID, 1)
+		prev := h.own.claim(h, cl)
+		go h.adopt(cl, prev)
 	}
 	h.reconcileSoon()
 }
@@ -544,7 +581,7 @@ func (h *Hook) inject(in inbound) {
 		defer func() { _ = in.jm.Ack() }()
 		m = &nats.Msg{Subject: in.jm.Subject(), Header: in.jm.Headers(), Data: in.jm.Data()}
 		prefix = h.qprefix()
-		if m.Header.Get(hdrSource) == h.src {
+		if m.Header.Get(hdrSource) == h.src && in.target == "" {
 			return
 		}
 	} else if strings.HasPrefix(m.Subject, h.qprefix()+".") {
@@ -574,7 +611,14 @@ func (h *Hook) inject(in inbound) {
 	decodeHeader(m.Header, &pk)
 	pk.PacketID = uint16(pk.FixedHeader.Qos) // as mochi's Publish: checked for validity only
 	cl := h.injector
-	if in.shared != "" {
+	if in.target != "" {
+		if _, ok := h.srv.Clients.Get(in.target); !ok { // offline: queued
+			h.stats.dropped.Add(1)
+			return
+		}
+		cl = h.sessioner
+		h.target.Store(&in.target)
+	} else if in.shared != "" {
 		if len(h.srv.Topics.Subscribers(topic).Shared[in.shared]) == 0 {
 			h.stats.dropped.Add(1) // the member left since NATS chose us
 			return

@@ -577,3 +577,100 @@ func TestWithoutJetStream(t *testing.T) {
 		t.Fatal("not retained on its own node")
 	}
 }
+
+func persistentSession(c *paho.Connect) {
+	c.CleanStart = false
+	c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}
+}
+
+// waitPayloads waits until c has received every payload of want (at least
+// once), and fails after d.
+func (c *client) waitPayloads(t *testing.T, d time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := map[string]bool{}
+		for _, p := range c.messages() {
+			got[string(p.Payload)] = true
+		}
+		var miss []string
+		for _, w := range want {
+			if !got[w] {
+				miss = append(miss, w)
+			}
+		}
+		if len(miss) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages never arrived: %v", len(miss), len(want), miss)
+		}
+		select {
+		case <-c.seen:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// TestSessionFollowsClient: a persistent session taken over on another
+// node keeps its subscriptions there, and what is published while it is
+// offline reaches it on the node it comes back to.
+func TestSessionFollowsClient(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	pub := connect(t, nodes[2], "pub")
+	first := connect(t, nodes[0], "device-9", persistentSession)
+	first.subscribe(t, 1, "cmd/9/#")
+	second := connect(t, nodes[1], "device-9", persistentSession)
+	select {
+	case d := <-first.disc:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1's connection not taken over")
+	}
+	// No SUBSCRIBE on node 2: the session's subscription came along.
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; len(second.messages()) == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the session's subscription did not follow it to node 2")
+		}
+		pub.publish(t, &paho.Publish{Topic: "cmd/9/a", QoS: 1, Payload: fmt.Appendf(nil, "live-%d", i)})
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Offline, then back on node 3: what was published meanwhile arrives.
+	_ = second.Disconnect(&paho.Disconnect{})
+	time.Sleep(300 * time.Millisecond)
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("away-%d", i))
+		pub.publish(t, &paho.Publish{Topic: "cmd/9/b", QoS: 1, Payload: []byte(want[i])})
+	}
+	third := connect(t, nodes[2], "device-9", persistentSession)
+	third.waitPayloads(t, 20*time.Second, want...)
+	// And live there too.
+	pub.publish(t, &paho.Publish{Topic: "cmd/9/c", QoS: 1, Payload: []byte("live-3")})
+	third.waitPayloads(t, 15*time.Second, "live-3")
+}
+
+// TestSessionOfDeadNode: the node of a persistent session loses NATS for
+// good (as if killed: it hands nothing over); what is published for the
+// session meanwhile reaches the client when it connects on another node.
+func TestSessionOfDeadNode(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	pub := connect(t, nodes[2], "pub")
+	first := connect(t, nodes[0], "device-10", persistentSession)
+	first.subscribe(t, 1, "cmd/10/+")
+	pub.publish(t, &paho.Publish{Topic: "cmd/10/x", QoS: 1, Payload: []byte("before")})
+	first.waitPayloads(t, 15*time.Second, "before")
+	_ = nodes[0].hook.Stop() // node 1 is gone from the cluster
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("while-down-%d", i))
+		pub.publish(t, &paho.Publish{Topic: "cmd/10/y", QoS: 1, Payload: []byte(want[i])})
+	}
+	second := connect(t, nodes[1], "device-10", persistentSession)
+	second.waitPayloads(t, 20*time.Second, want...)
+	pub.publish(t, &paho.Publish{Topic: "cmd/10/z", QoS: 1, Payload: []byte("after")})
+	second.waitPayloads(t, 15*time.Second, "after")
+}

@@ -60,8 +60,11 @@ func (h *Hook) qprefix() string { return h.prefix + "_q" }
 
 func (h *Hook) streamName() string { return strings.ReplaceAll(h.prefix, ".", "_") + "_msgs" }
 
-func (h *Hook) consumerName() string {
-	sum := sha256.Sum256([]byte(h.cfg.Node))
+func (h *Hook) consumerName() string { return h.nodeConsumer(h.cfg.Node) }
+
+// nodeConsumer names the durable consumer of node.
+func (h *Hook) nodeConsumer(node string) string {
+	sum := sha256.Sum256([]byte(node))
 	return strings.ReplaceAll(h.prefix, ".", "_") + "_node_" + hex.EncodeToString(sum[:10])
 }
 
