@@ -673,3 +673,159 @@ func TestClusterQoS1SurvivesNATSRestart(t *testing.T) {
 	drainV5(sub, c, stop, &wg)
 	c.waitAll(t, "subscriber", total, 60*time.Second)
 }
+
+// waitPayloads waits until c has counted every payload of want.
+func (c *counter) waitPayloads(t *testing.T, who string, d time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var miss []string
+		c.mu.Lock()
+		for _, w := range want {
+			if c.got[w] == 0 {
+				miss = append(miss, w)
+			}
+		}
+		c.mu.Unlock()
+		if len(miss) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d messages never arrived (first: %s)", who, len(miss), len(want), miss[0])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// publishUntil publishes QoS 1 messages prefix-0, prefix-1… until c has
+// one of them (a subscription's interest takes a moment to reach NATS).
+func publishUntil(t *testing.T, pub *V3, topic, prefix string, c *counter, who string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		pub.Publish(t, topic, 1, false, []byte(fmt.Sprintf("%s-%d", prefix, i)))
+		time.Sleep(200 * time.Millisecond)
+		c.mu.Lock()
+		n := 0
+		for p, k := range c.got {
+			if strings.HasPrefix(p, prefix+"-") {
+				n += k
+			}
+		}
+		c.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: nothing published on %s arrived", who, topic)
+		}
+	}
+}
+
+// TestClusterSessionFollowsClient: persistent sessions of an MQTT 5
+// (paho.golang) and an MQTT 3.1.1 (paho.mqtt.golang) client on node 1 are
+// taken over by the same client ids on node 2: node 1's connections are
+// closed (MQTT 5: DISCONNECT 0x8E, Session taken over), and without
+// subscribing again the clients get on node 2 what is published for
+// their subscriptions. Then they go offline; the QoS 1 messages published
+// meanwhile reach them when they come back on node 3, and their
+// subscriptions are live there.
+func TestClusterSessionFollowsClient(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startClusterNodes(t, ns)
+	pub := nodes[2].ConnectV3(t, "tls", "follow-pub")
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+
+	old5 := persistentV5(nodes[0], t, "wss", "follow5")
+	old5.Subscribe(t, "follow/5/#", 1)
+	old3 := persistentV3(nodes[0], t, "tcp", "follow3")
+	old3.Subscribe(t, "follow/3/+", 1)
+
+	new5 := persistentV5(nodes[1], t, "tcp", "follow5")
+	select {
+	case d := <-old5.Disconnect:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("node 1 closed the MQTT 5 connection with %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1's MQTT 5 connection not taken over")
+	}
+	new3 := persistentV3(nodes[1], t, "ws", "follow3")
+	for deadline := time.Now().Add(15 * time.Second); !old3.Lost.Load(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1's MQTT 3.1.1 connection not taken over")
+		}
+	}
+	// No SUBSCRIBE on node 2: the sessions' subscriptions came along.
+	drainV5(new5, c5, stop, &wg)
+	drainV3(new3, c3, stop, &wg)
+	publishUntil(t, pub, "follow/5/a", "on2", c5, "MQTT 5 session on node 2")
+	publishUntil(t, pub, "follow/3/a", "on2", c3, "MQTT 3.1.1 session on node 2")
+	if new3.Lost.Load() || len(new5.Disconnect) > 0 {
+		t.Fatal("the newer connection was closed")
+	}
+
+	// Offline; 50 QoS 1 messages each wait in the cluster; back on node 3.
+	_ = new5.Client.Disconnect(&paho.Disconnect{ReasonCode: 0})
+	new3.Client.Disconnect(100)
+	time.Sleep(500 * time.Millisecond)
+	const n = 50
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("away-%d", i))
+		pub.Publish(t, "follow/5/b", 1, false, []byte(want[i]))
+		pub.Publish(t, "follow/3/b", 1, false, []byte(want[i]))
+	}
+	back5 := persistentV5(nodes[2], t, "tcp", "follow5")
+	back3 := persistentV3(nodes[2], t, "tls", "follow3")
+	drainV5(back5, c5, stop, &wg)
+	drainV3(back3, c3, stop, &wg)
+	c5.waitPayloads(t, "MQTT 5 session back on node 3", 30*time.Second, want...)
+	c3.waitPayloads(t, "MQTT 3.1.1 session back on node 3", 30*time.Second, want...)
+	publishUntil(t, pub, "follow/5/c", "on3", c5, "MQTT 5 session on node 3")
+	publishUntil(t, pub, "follow/3/c", "on3", c3, "MQTT 3.1.1 session on node 3")
+}
+
+// TestClusterSessionOfKilledNode: persistent QoS 1 sessions on node 1, an
+// MQTT 5 one connected and an MQTT 3.1.1 one offline; node 1 is killed
+// (-9) and stays down while 200 QoS 1 messages for them are published and
+// acknowledged on node 3. The clients connect on node 2 and get all 200
+// (nothing was handed over by node 1: node 2 takes the sessions from the
+// sessions bucket and the stream), and their subscriptions are live there.
+func TestClusterSessionOfKilledNode(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startClusterNodes(t, ns)
+	pub := nodes[2].ConnectV3(t, "tls", "kill-pub")
+	sub5 := persistentV5(nodes[0], t, "tcp", "kill-sub5")
+	sub5.Subscribe(t, "orphan/+/x", 1)
+	sub3 := persistentV3(nodes[0], t, "ws", "kill-sub3")
+	sub3.Subscribe(t, "orphan/#", 1)
+	sub3.Client.Disconnect(100)
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	drainV5(sub5, c5, stop, &wg)
+	publishUntil(t, pub, "orphan/a/x", "before", c5, "MQTT 5 subscriber on node 1")
+
+	killNode(t, nodes[0])
+	const n = 200
+	var want []string
+	for i := range n {
+		want = append(want, strconv.Itoa(i))
+		pub.Publish(t, "orphan/b/x", 1, false, []byte(want[i]))
+	}
+	sub5 = persistentV5(nodes[1], t, "tcp", "kill-sub5")
+	sub3 = persistentV3(nodes[1], t, "tls", "kill-sub3")
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	c5.waitAll(t, "MQTT 5 session of the killed node", n, 30*time.Second)
+	c3.waitAll(t, "MQTT 3.1.1 session of the killed node", n, 30*time.Second)
+	publishUntil(t, pub, "orphan/c/x", "after", c5, "MQTT 5 session on node 2")
+	publishUntil(t, pub, "orphan/c/x", "after3", c3, "MQTT 3.1.1 session on node 2")
+}
