@@ -252,6 +252,7 @@ func (h *Hook) Init(config any) error {
 	// made later starts at new messages, and would miss what was stored
 	// for a subscription made before it.
 	h.qs.open(h)
+	h.qs.waitOpening(10 * time.Second) // if another goroutine was opening it
 	return nil
 }
 

@@ -132,6 +132,18 @@ func (q *qstream) open(h *Hook) {
 	q.startConsuming(h)
 }
 
+// waitOpening waits, at most d, while open runs.
+func (q *qstream) waitOpening(d time.Duration) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		q.mu.Lock()
+		opening := q.opening
+		q.mu.Unlock()
+		if !opening {
+			return
+		}
+	}
+}
+
 // ready reports whether QoS 1/2 go through the stream.
 func (q *qstream) ready() jetstream.JetStream {
 	q.mu.Lock()
