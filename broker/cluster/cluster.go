@@ -445,6 +445,9 @@ func (h *Hook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
 
 func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if !cl.Net.Inline {
+		if expire && !cl.IsTakenOver() {
+			h.forgetSubs(cl) // the session ends with its connection
+		}
 		h.own.release(h, cl)
 		switch {
 		case h.ho.takeMoved(cl.ID):
@@ -455,7 +458,10 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	}
 	h.reconcileSoon()
 }
-func (h *Hook) OnClientExpired(*mqtt.Client) { h.reconcileSoon() }
+func (h *Hook) OnClientExpired(cl *mqtt.Client) {
+	h.forgetSubs(cl)
+	h.reconcileSoon()
+}
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if !cl.Net.Inline {
 		h.ho.setAdopting(cl.ID, 1)

@@ -3,6 +3,8 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +16,8 @@ import (
 	paho "github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker"
 	"github.com/caddy-mqtt/caddy-mqtt/broker/cluster"
@@ -673,4 +677,51 @@ func TestSessionOfDeadNode(t *testing.T) {
 	second.waitPayloads(t, 20*time.Second, want...)
 	pub.publish(t, &paho.Publish{Topic: "cmd/10/z", QoS: 1, Payload: []byte("after")})
 	second.waitPayloads(t, 15*time.Second, "after")
+}
+
+// TestSessionRecordForgotten: the subscriptions a persistent session
+// records in the sessions bucket (for a node that takes it over) are
+// deleted when the session expires.
+func TestSessionRecordForgotten(t *testing.T) {
+	nodes, ns := startCluster(t, 1)
+	c := connect(t, nodes[0], "short-lived", func(cp *paho.Connect) {
+		cp.CleanStart = false
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	})
+	c.subscribe(t, 1, "short/#")
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mqtt_sessions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := base64.RawURLEncoding.EncodeToString([]byte("short-lived")) + ".subs"
+	for {
+		if e, err := kv.Get(ctx, key); err == nil && strings.Contains(string(e.Value()), "short/#") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no record of the session's subscriptions")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = c.Disconnect(&paho.Disconnect{})
+	for {
+		if _, err := kv.Get(ctx, key); errors.Is(err, jetstream.ErrKeyNotFound) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the expired session's record is still there")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -140,6 +140,29 @@ func (h *Hook) recordSubs(cl *mqtt.Client) {
 	}
 }
 
+// forgetSubs deletes the record of a session of this node that ends
+// (its subscriptions, which no other node is to take).
+func (h *Hook) forgetSubs(cl *mqtt.Client) {
+	kv := h.own.bucket()
+	if kv == nil || cl.Net.Inline || !h.Connected() {
+		return
+	}
+	id := cl.ID
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		e, err := kv.Get(ctx, subsKey(id))
+		if err != nil {
+			return
+		}
+		var rec sessionRecord
+		if json.Unmarshal(e.Value(), &rec) == nil && rec.Src == h.src {
+			// Unless another node has written it since.
+			_ = kv.Delete(ctx, subsKey(id), jetstream.LastRevision(e.Revision()))
+		}
+	}()
+}
+
 // nodeSubject is where node answers handoff requests.
 func (h *Hook) nodeSubject(node string) string {
 	sum := sha256.Sum256([]byte(node))
