@@ -829,3 +829,41 @@ func TestClusterSessionOfKilledNode(t *testing.T) {
 	publishUntil(t, pub, "orphan/c/x", "after", c5, "MQTT 5 session on node 2")
 	publishUntil(t, pub, "orphan/c/x", "after3", c3, "MQTT 3.1.1 session on node 2")
 }
+
+// TestClusterSessionOfRestartedNode: node 1 (bolt storage) is killed (-9)
+// while its persistent QoS 1 subscribers are connected, 200 messages for
+// them are published and acknowledged on node 3, node 1 is restarted (it
+// restores the sessions and queues what waited for them), and only then do
+// the clients connect on node 2: node 1 hands its restored sessions over,
+// and the clients get all 200 there.
+func TestClusterSessionOfRestartedNode(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startDurableClusterNodes(t, ns)
+	pub := nodes[2].ConnectV3(t, "tls", "rs-pub")
+	sub5 := persistentV5(nodes[0], t, "tcp", "rs-sub5")
+	sub5.Subscribe(t, "back/#", 1)
+	sub3 := persistentV3(nodes[0], t, "tcp", "rs-sub3")
+	sub3.Subscribe(t, "back/#", 1)
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	publishUntil(t, pub, "back/a", "before", c5, "MQTT 5 subscriber on node 1")
+
+	killNode(t, nodes[0])
+	const n = 200
+	for i := range n {
+		pub.Publish(t, "back/b", 1, false, []byte(strconv.Itoa(i)))
+	}
+	nodes[0].Restart()
+	time.Sleep(2 * time.Second) // node 1 takes in what waited in the stream
+	sub5 = persistentV5(nodes[1], t, "tcp", "rs-sub5")
+	sub3 = persistentV3(nodes[1], t, "ws", "rs-sub3")
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	c5.waitAll(t, "MQTT 5 session handed over by the restarted node", n, 30*time.Second)
+	c3.waitAll(t, "MQTT 3.1.1 session handed over by the restarted node", n, 30*time.Second)
+}
