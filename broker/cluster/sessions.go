@@ -45,8 +45,40 @@ import (
 // may come twice.
 type handoff struct {
 	mu       sync.Mutex
-	moved    map[string]bool // client ids handed to another node (takeover seen)
-	adopting map[string]int  // client ids whose session is being taken from another node
+	moved    map[string]bool        // client ids handed to another node (takeover seen)
+	adopting map[string]int         // client ids whose session is being taken from another node
+	leaving  map[string]*leaveGuard // one leave at a time per client id
+}
+
+type leaveGuard struct {
+	sync.Mutex
+	users int
+}
+
+// lockLeave serializes leave per client id: a leave still running when
+// another node asks for the session must not recreate the consumer after
+// that node has taken and deleted it.
+func (ho *handoff) lockLeave(id string) (unlock func()) {
+	ho.mu.Lock()
+	if ho.leaving == nil {
+		ho.leaving = make(map[string]*leaveGuard)
+	}
+	g := ho.leaving[id]
+	if g == nil {
+		g = &leaveGuard{}
+		ho.leaving[id] = g
+	}
+	g.users++
+	ho.mu.Unlock()
+	g.Lock()
+	return func() {
+		g.Unlock()
+		ho.mu.Lock()
+		if g.users--; g.users == 0 {
+			delete(ho.leaving, id)
+		}
+		ho.mu.Unlock()
+	}
 }
 
 // adopting marks id while its session is taken over (d=1, then d=-1): its
@@ -176,8 +208,10 @@ func (h *Hook) nodeSubject(node string) string {
 func (h *Hook) serveHandoff(m *nats.Msg) {
 	id := string(m.Data)
 	if cl, ok := h.srv.Clients.Get(id); ok && !cl.Net.Inline && cl.Closed() && persistent(cl) {
-		h.leave(cl)
+		unlock := h.ho.lockLeave(id)
+		h.leaveLocked(cl)
 		h.discard(cl)
+		unlock()
 	}
 	_ = m.Respond(nil)
 }
@@ -195,9 +229,17 @@ func (h *Hook) discard(cl *mqtt.Client) {
 // leave records cl's session in a consumer of its own as it leaves this
 // node.
 func (h *Hook) leave(cl *mqtt.Client) {
+	defer h.ho.lockLeave(cl.ID)()
+	h.leaveLocked(cl)
+}
+
+func (h *Hook) leaveLocked(cl *mqtt.Client) {
 	js := h.qs.ready()
 	if js == nil || !persistent(cl) {
 		return
+	}
+	if cur, ok := h.srv.Clients.Get(cl.ID); !ok || cur != cl {
+		return // handed over already, or taken over on this node
 	}
 	subs := cl.State.Subscriptions.GetAll()
 	var list []packets.Subscription
