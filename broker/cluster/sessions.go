@@ -45,39 +45,48 @@ import (
 // may come twice.
 type handoff struct {
 	mu       sync.Mutex
-	moved    map[string]bool        // client ids handed to another node (takeover seen)
-	adopting map[string]int         // client ids whose session is being taken from another node
-	leaving  map[string]*leaveGuard // one leave at a time per client id
-}
-
-type leaveGuard struct {
-	sync.Mutex
-	users int
+	moved    map[string]bool // client ids handed to another node (takeover seen)
+	adopting map[string]int  // client ids whose session is being taken from another node
+	leaving  keyedLocks      // one leave at a time per client id
+	records  keyedLocks      // one record write at a time per client id
 }
 
 // lockLeave serializes leave per client id: a leave still running when
 // another node asks for the session must not recreate the consumer after
 // that node has taken and deleted it.
-func (ho *handoff) lockLeave(id string) (unlock func()) {
-	ho.mu.Lock()
-	if ho.leaving == nil {
-		ho.leaving = make(map[string]*leaveGuard)
+func (ho *handoff) lockLeave(id string) (unlock func()) { return ho.leaving.lock(id) }
+
+// keyedLocks is a mutex per key, kept while in use.
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+func (k *keyedLocks) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = make(map[string]*keyedLock)
 	}
-	g := ho.leaving[id]
+	g := k.m[key]
 	if g == nil {
-		g = &leaveGuard{}
-		ho.leaving[id] = g
+		g = &keyedLock{}
+		k.m[key] = g
 	}
 	g.users++
-	ho.mu.Unlock()
+	k.mu.Unlock()
 	g.Lock()
 	return func() {
 		g.Unlock()
-		ho.mu.Lock()
+		k.mu.Lock()
 		if g.users--; g.users == 0 {
-			delete(ho.leaving, id)
+			delete(k.m, key)
 		}
-		ho.mu.Unlock()
+		k.mu.Unlock()
 	}
 }
 
@@ -155,6 +164,9 @@ func (h *Hook) recordSubs(cl *mqtt.Client) {
 	if kv == nil || cl.Net.Inline || !persistent(cl) || !h.own.owns(cl.ID) || !h.Connected() || h.ho.isAdopting(cl.ID) {
 		return
 	}
+	// One write at a time, each with the subscriptions of its moment: two
+	// concurrent ones could land in the wrong order.
+	defer h.ho.records.lock(cl.ID)()
 	var list []packets.Subscription
 	for _, s := range cl.State.Subscriptions.GetAll() {
 		list = append(list, s)
