@@ -623,6 +623,12 @@ func (h *Hook) inject(in inbound) {
 			h.stats.dropped.Add(1)
 			return
 		}
+		if len(h.srv.Topics.Subscribers(topic).Shared) == 0 {
+			// Without a shared subscription mochi would not let
+			// OnSelectSubscribers pick the target: everyone would get it.
+			h.stats.dropped.Add(1)
+			return
+		}
 		cl = h.sessioner
 		h.target.Store(&in.target)
 	} else if in.shared != "" {

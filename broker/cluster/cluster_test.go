@@ -650,11 +650,20 @@ func TestSessionFollowsClient(t *testing.T) {
 		want = append(want, fmt.Sprintf("away-%d", i))
 		pub.publish(t, &paho.Publish{Topic: "cmd/9/b", QoS: 1, Payload: []byte(want[i])})
 	}
+	// Another client of node 3 that subscribes now must not get them.
+	other := connect(t, nodes[2], "bystander")
+	other.subscribe(t, 1, "cmd/9/#")
 	third := connect(t, nodes[2], "device-9", persistentSession)
 	third.waitPayloads(t, 20*time.Second, want...)
 	// And live there too.
 	pub.publish(t, &paho.Publish{Topic: "cmd/9/c", QoS: 1, Payload: []byte("live-3")})
 	third.waitPayloads(t, 15*time.Second, "live-3")
+	other.waitPayloads(t, 15*time.Second, "live-3")
+	for _, p := range other.messages() {
+		if strings.HasPrefix(string(p.Payload), "away-") {
+			t.Fatalf("a client that subscribed later got %q, queued for the moving session", p.Payload)
+		}
+	}
 }
 
 // TestSessionOfDeadNode: the node of a persistent session loses NATS for

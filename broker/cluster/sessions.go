@@ -434,7 +434,27 @@ func (h *Hook) adopt(cl *mqtt.Client, prev string) {
 		_ = h.qs.sync(h, false)
 	}
 	h.log.Info("mqtt cluster: persistent session moved here", "client", cl.ID, "from", meta[metaNode], "subscriptions", len(list))
-	// Deliver what waited, to this client only.
+	// Deliver what waited, to this client only. mochi asks
+	// OnSelectSubscribers, which picks the client, only for a topic with a
+	// shared subscription (MOCHI.md row 21): the sessioner holds one of its
+	// own on each of the session's filters meanwhile (never delivered to:
+	// it is not a connected client, and OnSelectSubscribers drops it).
+	sum := sha256.Sum256([]byte(cl.ID))
+	group := "cluster-" + h.token[:8] + "-" + hex.EncodeToString(sum[:8])
+	var held []string
+	for _, s := range cl.State.Subscriptions.GetAll() {
+		if _, _, shared := splitShared(s.Filter); shared {
+			continue
+		}
+		f := mqtt.SharePrefix + "/" + group + "/" + s.Filter
+		h.srv.Topics.Subscribe(h.sessioner.ID, packets.Subscription{Filter: f})
+		held = append(held, f)
+	}
+	defer func() {
+		for _, f := range held {
+			h.srv.Topics.Unsubscribe(f, h.sessioner.ID)
+		}
+	}()
 	for range 10000 { // bounded: at most 10000 batches
 		batch, err := cons.FetchNoWait(256)
 		if err != nil {
