@@ -728,7 +728,8 @@ func publishUntil(t *testing.T, pub *V3, topic, prefix string, c *counter, who s
 // closed (MQTT 5: DISCONNECT 0x8E, Session taken over), and without
 // subscribing again the clients get on node 2 what is published for
 // their subscriptions. Then they go offline; the QoS 1 messages published
-// meanwhile reach them when they come back on node 3, and their
+// meanwhile reach them when they come back on node 3 (and only them: not
+// another client of node 3 that subscribed since), and their
 // subscriptions are live there.
 func TestClusterSessionFollowsClient(t *testing.T) {
 	ns := startNATSServer(t)
@@ -780,6 +781,11 @@ func TestClusterSessionFollowsClient(t *testing.T) {
 		pub.Publish(t, "follow/5/b", 1, false, []byte(want[i]))
 		pub.Publish(t, "follow/3/b", 1, false, []byte(want[i]))
 	}
+	// A client of node 3 that subscribes now gets none of them.
+	by := nodes[2].ConnectV5(t, "tcp", "follow-bystander")
+	by.Subscribe(t, "follow/#", 1)
+	cb := &counter{got: map[string]int{}}
+	drainV5(by, cb, stop, &wg)
 	back5 := persistentV5(nodes[2], t, "tcp", "follow5")
 	back3 := persistentV3(nodes[2], t, "tls", "follow3")
 	drainV5(back5, c5, stop, &wg)
@@ -788,6 +794,13 @@ func TestClusterSessionFollowsClient(t *testing.T) {
 	c3.waitPayloads(t, "MQTT 3.1.1 session back on node 3", 30*time.Second, want...)
 	publishUntil(t, pub, "follow/5/c", "on3", c5, "MQTT 5 session on node 3")
 	publishUntil(t, pub, "follow/3/c", "on3", c3, "MQTT 3.1.1 session on node 3")
+	cb.mu.Lock()
+	defer cb.mu.Unlock()
+	for p := range cb.got {
+		if strings.HasPrefix(p, "away-") {
+			t.Fatalf("a client that subscribed later got %q, queued for the moving sessions", p)
+		}
+	}
 }
 
 // TestClusterSessionOfKilledNode: persistent QoS 1 sessions on node 1, an
