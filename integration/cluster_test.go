@@ -504,3 +504,379 @@ func TestClusterQoS1NodeKilled(t *testing.T) {
 	close(stopRecv)
 	<-recvDone
 }
+
+// startDurableClusterNodes runs three Caddy processes with bolt storage
+// (persistent sessions survive a kill) joined through ns.
+func startDurableClusterNodes(t *testing.T, ns *natsServer) []*Caddy {
+	t.Helper()
+	var nodes []*Caddy
+	for i := 1; i <= 3; i++ {
+		nodes = append(nodes, startCaddy(t, fmt.Sprintf("storage bolt\n\tmax_queued_messages 25000\n\tcluster nats {\n\t\t\turl %s\n\t\t\tnode node%d\n\t\t}", ns.url(), i)))
+	}
+	return nodes
+}
+
+// killNode kills c with SIGKILL and waits until it is gone.
+func killNode(t *testing.T, c *Caddy) {
+	t.Helper()
+	_ = syscall.Kill(c.Pid(), syscall.SIGKILL)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("node not dead after SIGKILL")
+	}
+}
+
+// counter counts payloads received by one subscriber, across reconnects.
+type counter struct {
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func (c *counter) add(p string) {
+	c.mu.Lock()
+	c.got[p]++
+	c.mu.Unlock()
+}
+
+// missing is how many of the first n payloads (0..n-1) never arrived.
+func (c *counter) missing(n int) (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	miss, first := 0, -1
+	for i := range n {
+		if c.got[strconv.Itoa(i)] == 0 {
+			miss++
+			if first < 0 {
+				first = i
+			}
+		}
+	}
+	return miss, first
+}
+
+func (c *counter) waitAll(t *testing.T, who string, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		miss, first := c.missing(n)
+		if miss == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d acknowledged messages never delivered (first: %d)", who, miss, first)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// drainV5 counts v's messages into c until stop is closed.
+func drainV5(v *V5, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case m := <-v.Msgs:
+				c.add(string(m.Payload))
+			case <-stop:
+				return
+			}
+		}
+	}()
+}
+
+func drainV3(v *V3, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case m := <-v.Msgs:
+				c.add(string(m.Payload()))
+			case <-stop:
+				return
+			}
+		}
+	}()
+}
+
+// TestClusterQoS1SubscriberNodeKilled: persistent QoS 1 subscribers (MQTT 5
+// and MQTT 3.1.1) on node 2; 10,000 QoS 1 messages published on node 1;
+// node 2 is killed (-9) midway, stays down while the rest is published and
+// acknowledged, and is restarted. The subscribers reconnect to node 2 and
+// get every message at least once: what was published while node 2 was
+// down waited in the JetStream stream for node 2's durable consumer.
+func TestClusterQoS1SubscriberNodeKilled(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startDurableClusterNodes(t, ns)
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	sub5 := persistentV5(nodes[1], t, "tcp", "kd-sub5")
+	sub5.Subscribe(t, "stream/#", 1)
+	sub3 := persistentV3(nodes[1], t, "tls", "kd-sub3")
+	sub3.Subscribe(t, "stream/#", 1)
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+
+	const total = 10000
+	pub := nodes[0].ConnectV5(t, "tcp", "kd-pub")
+	for i := range total {
+		if i == total/2 {
+			killNode(t, nodes[1])
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err := pub.Client.Publish(ctx, &paho.Publish{Topic: "stream/k", QoS: 1, Payload: []byte(strconv.Itoa(i))})
+		cancel()
+		if err != nil || r.ReasonCode >= 0x80 {
+			t.Fatalf("publish %d: %v %+v", i, err, r)
+		}
+	}
+	nodes[1].Restart()
+	sub5 = persistentV5(nodes[1], t, "tcp", "kd-sub5")
+	if !sub5.SessionPresent {
+		t.Fatal("node 2 lost the MQTT 5 session")
+	}
+	sub3 = persistentV3(nodes[1], t, "tls", "kd-sub3")
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	c5.waitAll(t, "MQTT 5 subscriber", total, 90*time.Second)
+	c3.waitAll(t, "MQTT 3.1.1 subscriber", total, 60*time.Second)
+}
+
+// TestClusterQoS1SurvivesNATSRestart: a persistent subscriber's node is
+// down while 500 QoS 1 messages are published and acknowledged on another
+// node; then NATS itself is restarted (file storage), then the node: the
+// subscriber gets all 500.
+func TestClusterQoS1SurvivesNATSRestart(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startDurableClusterNodes(t, ns)
+	sub := persistentV5(nodes[0], t, "tcp", "nr-sub")
+	sub.Subscribe(t, "dur/#", 1)
+	killNode(t, nodes[0])
+	pub := nodes[1].ConnectV3(t, "tcp", "nr-pub") // MQTT 3.1.1 publisher
+	const total = 500
+	for i := range total {
+		pub.Publish(t, "dur/x", 1, false, []byte(strconv.Itoa(i)))
+	}
+	ns.stop()
+	ns.start()
+	nodes[0].Restart()
+	c := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	sub = persistentV5(nodes[0], t, "tcp", "nr-sub")
+	drainV5(sub, c, stop, &wg)
+	c.waitAll(t, "subscriber", total, 60*time.Second)
+}
+
+// waitPayloads waits until c has counted every payload of want.
+func (c *counter) waitPayloads(t *testing.T, who string, d time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var miss []string
+		c.mu.Lock()
+		for _, w := range want {
+			if c.got[w] == 0 {
+				miss = append(miss, w)
+			}
+		}
+		c.mu.Unlock()
+		if len(miss) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d messages never arrived (first: %s)", who, len(miss), len(want), miss[0])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// publishUntil publishes QoS 1 messages prefix-0, prefix-1… until c has
+// one of them (a subscription's interest takes a moment to reach NATS).
+func publishUntil(t *testing.T, pub *V3, topic, prefix string, c *counter, who string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		pub.Publish(t, topic, 1, false, []byte(fmt.Sprintf("%s-%d", prefix, i)))
+		time.Sleep(200 * time.Millisecond)
+		c.mu.Lock()
+		n := 0
+		for p, k := range c.got {
+			if strings.HasPrefix(p, prefix+"-") {
+				n += k
+			}
+		}
+		c.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: nothing published on %s arrived", who, topic)
+		}
+	}
+}
+
+// TestClusterSessionFollowsClient: persistent sessions of an MQTT 5
+// (paho.golang) and an MQTT 3.1.1 (paho.mqtt.golang) client on node 1 are
+// taken over by the same client ids on node 2: node 1's connections are
+// closed (MQTT 5: DISCONNECT 0x8E, Session taken over), and without
+// subscribing again the clients get on node 2 what is published for
+// their subscriptions. Then they go offline; the QoS 1 messages published
+// meanwhile reach them when they come back on node 3 (and only them: not
+// another client of node 3 that subscribed since), and their
+// subscriptions are live there.
+func TestClusterSessionFollowsClient(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startClusterNodes(t, ns)
+	pub := nodes[2].ConnectV3(t, "tls", "follow-pub")
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+
+	old5 := persistentV5(nodes[0], t, "wss", "follow5")
+	old5.Subscribe(t, "follow/5/#", 1)
+	old3 := persistentV3(nodes[0], t, "tcp", "follow3")
+	old3.Subscribe(t, "follow/3/+", 1)
+
+	new5 := persistentV5(nodes[1], t, "tcp", "follow5")
+	select {
+	case d := <-old5.Disconnect:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("node 1 closed the MQTT 5 connection with %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1's MQTT 5 connection not taken over")
+	}
+	new3 := persistentV3(nodes[1], t, "ws", "follow3")
+	for deadline := time.Now().Add(15 * time.Second); !old3.Lost.Load(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1's MQTT 3.1.1 connection not taken over")
+		}
+	}
+	// No SUBSCRIBE on node 2: the sessions' subscriptions came along.
+	drainV5(new5, c5, stop, &wg)
+	drainV3(new3, c3, stop, &wg)
+	publishUntil(t, pub, "follow/5/a", "on2", c5, "MQTT 5 session on node 2")
+	publishUntil(t, pub, "follow/3/a", "on2", c3, "MQTT 3.1.1 session on node 2")
+	if new3.Lost.Load() || len(new5.Disconnect) > 0 {
+		t.Fatal("the newer connection was closed")
+	}
+
+	// Offline; 50 QoS 1 messages each wait in the cluster; back on node 3.
+	_ = new5.Client.Disconnect(&paho.Disconnect{ReasonCode: 0})
+	new3.Client.Disconnect(100)
+	time.Sleep(500 * time.Millisecond)
+	const n = 50
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("away-%d", i))
+		pub.Publish(t, "follow/5/b", 1, false, []byte(want[i]))
+		pub.Publish(t, "follow/3/b", 1, false, []byte(want[i]))
+	}
+	// A client of node 3 that subscribes now gets none of them.
+	by := nodes[2].ConnectV5(t, "tcp", "follow-bystander")
+	by.Subscribe(t, "follow/#", 1)
+	cb := &counter{got: map[string]int{}}
+	drainV5(by, cb, stop, &wg)
+	back5 := persistentV5(nodes[2], t, "tcp", "follow5")
+	back3 := persistentV3(nodes[2], t, "tls", "follow3")
+	drainV5(back5, c5, stop, &wg)
+	drainV3(back3, c3, stop, &wg)
+	c5.waitPayloads(t, "MQTT 5 session back on node 3", 30*time.Second, want...)
+	c3.waitPayloads(t, "MQTT 3.1.1 session back on node 3", 30*time.Second, want...)
+	publishUntil(t, pub, "follow/5/c", "on3", c5, "MQTT 5 session on node 3")
+	publishUntil(t, pub, "follow/3/c", "on3", c3, "MQTT 3.1.1 session on node 3")
+	cb.mu.Lock()
+	defer cb.mu.Unlock()
+	for p := range cb.got {
+		if strings.HasPrefix(p, "away-") {
+			t.Fatalf("a client that subscribed later got %q, queued for the moving sessions", p)
+		}
+	}
+}
+
+// TestClusterSessionOfKilledNode: persistent QoS 1 sessions on node 1, an
+// MQTT 5 one connected and an MQTT 3.1.1 one offline; node 1 is killed
+// (-9) and stays down while 200 QoS 1 messages for them are published and
+// acknowledged on node 3. The clients connect on node 2 and get all 200
+// (nothing was handed over by node 1: node 2 takes the sessions from the
+// sessions bucket and the stream), and their subscriptions are live there.
+func TestClusterSessionOfKilledNode(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startClusterNodes(t, ns)
+	pub := nodes[2].ConnectV3(t, "tls", "kill-pub")
+	sub5 := persistentV5(nodes[0], t, "tcp", "kill-sub5")
+	sub5.Subscribe(t, "orphan/+/x", 1)
+	sub3 := persistentV3(nodes[0], t, "ws", "kill-sub3")
+	sub3.Subscribe(t, "orphan/#", 1)
+	sub3.Client.Disconnect(100)
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	drainV5(sub5, c5, stop, &wg)
+	publishUntil(t, pub, "orphan/a/x", "before", c5, "MQTT 5 subscriber on node 1")
+
+	killNode(t, nodes[0])
+	const n = 200
+	var want []string
+	for i := range n {
+		want = append(want, strconv.Itoa(i))
+		pub.Publish(t, "orphan/b/x", 1, false, []byte(want[i]))
+	}
+	sub5 = persistentV5(nodes[1], t, "tcp", "kill-sub5")
+	sub3 = persistentV3(nodes[1], t, "tls", "kill-sub3")
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	c5.waitAll(t, "MQTT 5 session of the killed node", n, 30*time.Second)
+	c3.waitAll(t, "MQTT 3.1.1 session of the killed node", n, 30*time.Second)
+	publishUntil(t, pub, "orphan/c/x", "after", c5, "MQTT 5 session on node 2")
+	publishUntil(t, pub, "orphan/c/x", "after3", c3, "MQTT 3.1.1 session on node 2")
+}
+
+// TestClusterSessionOfRestartedNode: node 1 (bolt storage) is killed (-9)
+// while its persistent QoS 1 subscribers are connected, 200 messages for
+// them are published and acknowledged on node 3, node 1 is restarted (it
+// restores the sessions and queues what waited for them), and only then do
+// the clients connect on node 2: node 1 hands its restored sessions over,
+// and the clients get all 200 there.
+func TestClusterSessionOfRestartedNode(t *testing.T) {
+	ns := startNATSServer(t)
+	nodes := startDurableClusterNodes(t, ns)
+	pub := nodes[2].ConnectV3(t, "tls", "rs-pub")
+	sub5 := persistentV5(nodes[0], t, "tcp", "rs-sub5")
+	sub5.Subscribe(t, "back/#", 1)
+	sub3 := persistentV3(nodes[0], t, "tcp", "rs-sub3")
+	sub3.Subscribe(t, "back/#", 1)
+	c5 := &counter{got: map[string]int{}}
+	c3 := &counter{got: map[string]int{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	publishUntil(t, pub, "back/a", "before", c5, "MQTT 5 subscriber on node 1")
+
+	killNode(t, nodes[0])
+	const n = 200
+	for i := range n {
+		pub.Publish(t, "back/b", 1, false, []byte(strconv.Itoa(i)))
+	}
+	nodes[0].Restart()
+	time.Sleep(2 * time.Second) // node 1 takes in what waited in the stream
+	sub5 = persistentV5(nodes[1], t, "tcp", "rs-sub5")
+	sub3 = persistentV3(nodes[1], t, "ws", "rs-sub3")
+	drainV5(sub5, c5, stop, &wg)
+	drainV3(sub3, c3, stop, &wg)
+	c5.waitAll(t, "MQTT 5 session handed over by the restarted node", n, 30*time.Second)
+	c3.waitAll(t, "MQTT 3.1.1 session handed over by the restarted node", n, 30*time.Second)
+}

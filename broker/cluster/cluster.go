@@ -25,6 +25,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Config is one node's view of the cluster.
@@ -84,15 +85,17 @@ type Hook struct {
 	src    string // node id and boot nonce: unique per process
 	token  string // random, in the injectors' client ids
 
-	srv      *mqtt.Server
-	nc       *nats.Conn
-	injector *mqtt.Client           // injects plain deliveries
-	sharer   *mqtt.Client           // injects deliveries to one shared subscription
-	sharing  atomic.Pointer[string] // the shared filter sharer is injecting for
-	inbox    chan inbound
-	kick     chan struct{}
-	done     chan struct{}
-	wg       sync.WaitGroup
+	srv       *mqtt.Server
+	nc        *nats.Conn
+	injector  *mqtt.Client           // injects plain deliveries
+	sharer    *mqtt.Client           // injects deliveries to one shared subscription
+	sharing   atomic.Pointer[string] // the shared filter sharer is injecting for
+	sessioner *mqtt.Client           // injects deliveries to one client (sessions.go)
+	target    atomic.Pointer[string] // the client id sessioner is injecting for
+	inbox     chan inbound
+	kick      chan struct{}
+	done      chan struct{}
+	wg        sync.WaitGroup
 
 	seq   atomic.Uint64
 	stats struct{ published, failed, received, dups, dropped atomic.Uint64 }
@@ -103,6 +106,8 @@ type Hook struct {
 	dedup dedup // inject loop only
 	ret   retained
 	own   owners
+	qs    qstream
+	ho    handoff
 	warn  logEvery
 }
 
@@ -111,6 +116,8 @@ type Hook struct {
 type inbound struct {
 	m      *nats.Msg
 	shared string
+	jm     jetstream.Msg // from the node's JetStream consumer (m is nil)
+	target string        // deliver to this client only (a session's consumer)
 }
 
 // filterSub is the NATS interest of one MQTT filter.
@@ -158,7 +165,7 @@ func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnSelectSubscribers,
 		mqtt.OnSubscribe, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-		mqtt.OnSessionEstablished:
+		mqtt.OnSessionEstablished, mqtt.OnStarted, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -193,6 +200,7 @@ func (h *Hook) Init(config any) error {
 	// the broker changes per connection (broker/writer.go).
 	h.injector = srv.NewClient(nil, mqtt.LocalListener, "\x00cluster/"+h.token, true)
 	h.sharer = srv.NewClient(nil, mqtt.LocalListener, "\x00cluster/"+h.token+"/share", true)
+	h.sessioner = srv.NewClient(nil, mqtt.LocalListener, "\x00cluster/"+h.token+"/session", true)
 
 	opts := []nats.Option{
 		nats.Name("caddy-mqtt " + h.cfg.Node),
@@ -229,6 +237,10 @@ func (h *Hook) Init(config any) error {
 		return fmt.Errorf("mqtt cluster: connecting to NATS: %w", err)
 	}
 	h.nc = nc
+	// Other nodes ask for the sessions held here (sessions.go).
+	if _, err := nc.Subscribe(h.nodeSubject(h.cfg.Node), h.serveHandoff); err != nil {
+		return fmt.Errorf("mqtt cluster: subscribing on NATS: %w", err)
+	}
 	if nc.IsConnected() {
 		h.ret.reconnected(h, nc) // the handler may have run before h.nc was set
 	}
@@ -236,6 +248,11 @@ func (h *Hook) Init(config any) error {
 	go h.injectLoop()
 	go h.reconcileLoop()
 	h.ret.waitLoaded(5 * time.Second)
+	// The stream and the node's consumer before any client: a consumer
+	// made later starts at new messages, and would miss what was stored
+	// for a subscription made before it.
+	h.qs.open(h)
+	h.qs.waitOpening(10 * time.Second) // if another goroutine was opening it
 	return nil
 }
 
@@ -251,6 +268,7 @@ func (h *Hook) Stop() error {
 		h.nc.Close()
 	}
 	h.ret.stop()
+	h.qs.stop()
 	h.wg.Wait()
 	return nil
 }
@@ -316,10 +334,14 @@ func (h *Hook) forward(pk *packets.Packet) error {
 	m.Header.Set(hdrSource, h.src)
 	m.Header.Set(hdrSeq, strconv.FormatUint(h.seq.Add(1), 10))
 	encodeHeader(m.Header, pk, now)
-	if err := h.nc.PublishMsg(m); err != nil {
+	if js := h.qs.ready(); js != nil && pk.FixedHeader.Qos > 0 {
+		// Stored in the stream before the PUBACK (stream.go).
+		if err := h.publishStored(js, m, pk.TopicName, m.Header.Get(hdrSeq)); err != nil {
+			return h.failed(pk, err)
+		}
+	} else if err := h.nc.PublishMsg(m); err != nil {
 		return h.failed(pk, err)
-	}
-	if pk.FixedHeader.Qos > 0 {
+	} else if pk.FixedHeader.Qos > 0 {
 		// The PUBACK leaves once the NATS server has the message (and has
 		// passed it to the connections of the nodes subscribed to it):
 		// nats.go's Publish only buffers, and a node killed after
@@ -354,6 +376,18 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 	if !forwarded(pk.TopicName) {
 		return subs
 	}
+	if pk.Origin == h.sessioner.ID {
+		target := *h.target.Load() // set by inject, as sharing
+		one := map[string]packets.Subscription{}
+		if s, ok := subs.Subscriptions[target]; ok {
+			one[target] = s
+		}
+		return &mqtt.Subscribers{
+			Shared:              map[string]map[string]packets.Subscription{},
+			Subscriptions:       one,
+			InlineSubscriptions: map[int]mqtt.InlineSubscription{},
+		}
+	}
 	if pk.Origin == h.sharer.ID {
 		// Set by inject, on this goroutine: mochi selects subscribers
 		// synchronously inside InjectPacket.
@@ -387,21 +421,52 @@ func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	}
 	if added && h.Connected() {
 		_ = h.nc.FlushTimeout(2 * time.Second)
+		if err := h.qs.sync(h, false); err != nil {
+			h.warn.do(func() {
+				h.log.Warn("mqtt cluster: cannot update the node's JetStream consumer", "node", h.cfg.Node, "error", err)
+			})
+		}
 	}
 	return pk
 }
 
-func (h *Hook) OnUnsubscribed(*mqtt.Client, packets.Packet) { h.reconcileSoon() }
-func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+// OnStarted: the broker has restored its stored sessions, so the node's
+// consumer may deliver what was published while the node was down.
+func (h *Hook) OnStarted() { h.qs.setStarted(h) }
+
+// OnSubscribed records a persistent session's subscriptions for the
+// other nodes (sessions.go).
+func (h *Hook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) { h.recordSubs(cl) }
+
+func (h *Hook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
+	h.recordSubs(cl)
+	h.reconcileSoon()
+}
+
+func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if !cl.Net.Inline {
+		if expire && !cl.IsTakenOver() {
+			h.forgetSubs(cl) // the session ends with its connection
+		}
 		h.own.release(h, cl)
+		switch {
+		case h.ho.takeMoved(cl.ID):
+			h.discard(cl) // the session went with its client to another node
+		case !expire && !cl.IsTakenOver():
+			go h.leave(cl)
+		}
 	}
 	h.reconcileSoon()
 }
-func (h *Hook) OnClientExpired(*mqtt.Client) { h.reconcileSoon() }
+func (h *Hook) OnClientExpired(cl *mqtt.Client) {
+	h.forgetSubs(cl)
+	h.reconcileSoon()
+}
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if !cl.Net.Inline {
-		h.own.claim(h, cl)
+		h.ho.setAdopting(cl.ID, 1)
+		prev := h.own.claim(h, cl)
+		go h.adopt(cl, prev)
 	}
 	h.reconcileSoon()
 }
@@ -421,6 +486,11 @@ func (h *Hook) want(filter string) bool {
 	fs := &filterSub{since: time.Now()}
 	var err error
 	subjects := FilterSubjects(h.prefix, plain)
+	if isShared {
+		// Shared subscriptions get QoS 1/2 messages live from the stream's
+		// subjects too, through the same queue group.
+		subjects = append(subjects, FilterSubjects(h.qprefix(), plain)...)
+	}
 	for _, subj := range subjects {
 		if len(subj) > MaxSubjectLength {
 			h.warn.do(func() {
@@ -511,9 +581,21 @@ func (h *Hook) injectLoop() {
 }
 
 func (h *Hook) inject(in inbound) {
-	m := in.m
+	m, prefix := in.m, h.prefix
+	if in.jm != nil {
+		// Acknowledged once handed to the broker (queued for offline
+		// persistent sessions), also when it is our own or unwanted.
+		defer func() { _ = in.jm.Ack() }()
+		m = &nats.Msg{Subject: in.jm.Subject(), Header: in.jm.Headers(), Data: in.jm.Data()}
+		prefix = h.qprefix()
+		if m.Header.Get(hdrSource) == h.src && in.target == "" {
+			return
+		}
+	} else if strings.HasPrefix(m.Subject, h.qprefix()+".") {
+		prefix = h.qprefix() // a stored QoS 1/2 message to a shared subscription
+	}
 	src := m.Header.Get(hdrSource)
-	if in.shared == "" {
+	if in.shared == "" && in.jm == nil {
 		if src == h.src {
 			return // our own publish: delivered locally already
 		}
@@ -523,7 +605,7 @@ func (h *Hook) inject(in inbound) {
 			return
 		}
 	}
-	topic, err := SubjectTopic(h.prefix, m.Subject)
+	topic, err := SubjectTopic(prefix, m.Subject)
 	if err != nil || !forwarded(topic) || !mqtt.IsValidFilter(topic, true) {
 		h.stats.dropped.Add(1)
 		return
@@ -536,7 +618,20 @@ func (h *Hook) inject(in inbound) {
 	decodeHeader(m.Header, &pk)
 	pk.PacketID = uint16(pk.FixedHeader.Qos) // as mochi's Publish: checked for validity only
 	cl := h.injector
-	if in.shared != "" {
+	if in.target != "" {
+		if _, ok := h.srv.Clients.Get(in.target); !ok { // offline: queued
+			h.stats.dropped.Add(1)
+			return
+		}
+		if len(h.srv.Topics.Subscribers(topic).Shared) == 0 {
+			// Without a shared subscription mochi would not let
+			// OnSelectSubscribers pick the target: everyone would get it.
+			h.stats.dropped.Add(1)
+			return
+		}
+		cl = h.sessioner
+		h.target.Store(&in.target)
+	} else if in.shared != "" {
 		if len(h.srv.Topics.Subscribers(topic).Shared[in.shared]) == 0 {
 			h.stats.dropped.Add(1) // the member left since NATS chose us
 			return
@@ -607,6 +702,14 @@ func (h *Hook) reconcile() (again time.Duration) {
 	for f := range holders {
 		h.want(f)
 	}
+	defer func() {
+		h.qs.open(h)
+		if err := h.qs.sync(h, true); err != nil {
+			h.warn.do(func() {
+				h.log.Warn("mqtt cluster: cannot update the node's JetStream consumer", "node", h.cfg.Node, "error", err)
+			})
+		}
+	}()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for f, fs := range h.subs {

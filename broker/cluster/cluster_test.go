@@ -3,6 +3,8 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +16,8 @@ import (
 	paho "github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker"
 	"github.com/caddy-mqtt/caddy-mqtt/broker/cluster"
@@ -233,7 +237,7 @@ func TestCrossNodeDeliveryAndProperties(t *testing.T) {
 
 	// Another node, QoS 0, and a local publish: each arrives once (no echo
 	// of the node's own publish coming back from NATS).
-	p3.publish(t, &paho.Publish{Topic: "a/x", QoS: 0, Payload: []byte("3")})
+	p3.publish(t, &paho.Publish{Topic: "a/x/c", QoS: 0, Payload: []byte("3")}) // a/+/c and a/#: two NATS copies
 	sub.waitFor(t, 2)
 	p1.publish(t, &paho.Publish{Topic: "a/y/c", QoS: 1, Payload: []byte("1")})
 	sub.waitFor(t, 3)
@@ -575,5 +579,158 @@ func TestWithoutJetStream(t *testing.T) {
 	}
 	if _, ok := n1.b.Server().Topics.Retained.Get("nojs/r"); !ok {
 		t.Fatal("not retained on its own node")
+	}
+}
+
+func persistentSession(c *paho.Connect) {
+	c.CleanStart = false
+	c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}
+}
+
+// waitPayloads waits until c has received every payload of want (at least
+// once), and fails after d.
+func (c *client) waitPayloads(t *testing.T, d time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := map[string]bool{}
+		for _, p := range c.messages() {
+			got[string(p.Payload)] = true
+		}
+		var miss []string
+		for _, w := range want {
+			if !got[w] {
+				miss = append(miss, w)
+			}
+		}
+		if len(miss) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages never arrived: %v", len(miss), len(want), miss)
+		}
+		select {
+		case <-c.seen:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// TestSessionFollowsClient: a persistent session taken over on another
+// node keeps its subscriptions there, and what is published while it is
+// offline reaches it on the node it comes back to.
+func TestSessionFollowsClient(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	pub := connect(t, nodes[2], "pub")
+	first := connect(t, nodes[0], "device-9", persistentSession)
+	first.subscribe(t, 1, "cmd/9/#")
+	second := connect(t, nodes[1], "device-9", persistentSession)
+	select {
+	case d := <-first.disc:
+		if d.ReasonCode != 0x8E {
+			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 1's connection not taken over")
+	}
+	// No SUBSCRIBE on node 2: the session's subscription came along.
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; len(second.messages()) == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the session's subscription did not follow it to node 2")
+		}
+		pub.publish(t, &paho.Publish{Topic: "cmd/9/a", QoS: 1, Payload: fmt.Appendf(nil, "live-%d", i)})
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Offline, then back on node 3: what was published meanwhile arrives.
+	_ = second.Disconnect(&paho.Disconnect{})
+	time.Sleep(300 * time.Millisecond)
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("away-%d", i))
+		pub.publish(t, &paho.Publish{Topic: "cmd/9/b", QoS: 1, Payload: []byte(want[i])})
+	}
+	// Another client of node 3 that subscribes now must not get them.
+	other := connect(t, nodes[2], "bystander")
+	other.subscribe(t, 1, "cmd/9/#")
+	third := connect(t, nodes[2], "device-9", persistentSession)
+	third.waitPayloads(t, 20*time.Second, want...)
+	// And live there too.
+	pub.publish(t, &paho.Publish{Topic: "cmd/9/c", QoS: 1, Payload: []byte("live-3")})
+	third.waitPayloads(t, 15*time.Second, "live-3")
+	other.waitPayloads(t, 15*time.Second, "live-3")
+	for _, p := range other.messages() {
+		if strings.HasPrefix(string(p.Payload), "away-") {
+			t.Fatalf("a client that subscribed later got %q, queued for the moving session", p.Payload)
+		}
+	}
+}
+
+// TestSessionOfDeadNode: the node of a persistent session loses NATS for
+// good (as if killed: it hands nothing over); what is published for the
+// session meanwhile reaches the client when it connects on another node.
+func TestSessionOfDeadNode(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	pub := connect(t, nodes[2], "pub")
+	first := connect(t, nodes[0], "device-10", persistentSession)
+	first.subscribe(t, 1, "cmd/10/+")
+	pub.publish(t, &paho.Publish{Topic: "cmd/10/x", QoS: 1, Payload: []byte("before")})
+	first.waitPayloads(t, 15*time.Second, "before")
+	_ = nodes[0].hook.Stop() // node 1 is gone from the cluster
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("while-down-%d", i))
+		pub.publish(t, &paho.Publish{Topic: "cmd/10/y", QoS: 1, Payload: []byte(want[i])})
+	}
+	second := connect(t, nodes[1], "device-10", persistentSession)
+	second.waitPayloads(t, 20*time.Second, want...)
+	pub.publish(t, &paho.Publish{Topic: "cmd/10/z", QoS: 1, Payload: []byte("after")})
+	second.waitPayloads(t, 15*time.Second, "after")
+}
+
+// TestSessionRecordForgotten: the subscriptions a persistent session
+// records in the sessions bucket (for a node that takes it over) are
+// deleted when the session expires.
+func TestSessionRecordForgotten(t *testing.T) {
+	nodes, ns := startCluster(t, 1)
+	c := connect(t, nodes[0], "short-lived", func(cp *paho.Connect) {
+		cp.CleanStart = false
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	})
+	c.subscribe(t, 1, "short/#")
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mqtt_sessions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := base64.RawURLEncoding.EncodeToString([]byte("short-lived")) + ".subs"
+	for {
+		if e, err := kv.Get(ctx, key); err == nil && strings.Contains(string(e.Value()), "short/#") {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no record of the session's subscriptions")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = c.Disconnect(&paho.Disconnect{})
+	for {
+		if _, err := kv.Get(ctx, key); errors.Is(err, jetstream.ErrKeyNotFound) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the expired session's record is still there")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/base64"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,24 +53,30 @@ func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) erro
 	return nil
 }
 
-// claim records that cl's session is now on this node.
-func (o *owners) claim(h *Hook, cl *mqtt.Client) {
+// claim records that cl's session is now on this node; it returns the
+// previous claim (the claiming process: node id/boot nonce; "" if none).
+func (o *owners) claim(h *Hook, cl *mqtt.Client) (prev string) {
 	o.mu.Lock()
 	kv := o.kv
 	o.mu.Unlock()
 	if kv == nil || !h.Connected() {
-		return
+		return ""
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rev, err := kv.Put(ctx, base64.RawURLEncoding.EncodeToString([]byte(cl.ID)), []byte(h.src))
+	key := ownerKey(cl.ID)
+	if e, err := kv.Get(ctx, key); err == nil {
+		prev = string(e.Value())
+	}
+	rev, err := kv.Put(ctx, key, []byte(h.src))
 	if err != nil {
 		h.warn.do(func() { h.log.Warn("mqtt cluster: cannot record the session's node", "client", cl.ID, "error", err) })
-		return
+		return prev
 	}
 	o.mu.Lock()
 	o.mine[cl.ID] = rev
 	o.mu.Unlock()
+	return prev
 }
 
 // release forgets cl's claim once no session of its id is left here.
@@ -84,7 +91,8 @@ func (o *owners) release(h *Hook, cl *mqtt.Client) {
 
 func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
 	for e := range w.Updates() {
-		if e == nil || e.Operation() != jetstream.KeyValuePut || string(e.Value()) == h.src {
+		if e == nil || e.Operation() != jetstream.KeyValuePut || string(e.Value()) == h.src ||
+			strings.Contains(e.Key(), ".") { // a session's subscriptions (sessions.go)
 			continue
 		}
 		id, err := base64.RawURLEncoding.DecodeString(e.Key())
@@ -104,6 +112,9 @@ func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
 			continue
 		}
 		h.log.Info("mqtt cluster: session taken over on another node", "client", cl.ID, "node", string(e.Value()))
+		// The session goes with the client (sessions.go).
+		h.ho.setMoved(cl.ID)
+		h.leave(cl)
 		if cl.Properties.ProtocolVersion >= 5 {
 			_ = h.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
 		} else {
@@ -111,3 +122,23 @@ func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
 		}
 	}
 }
+
+// bucket is the sessions bucket, nil before it is open.
+func (o *owners) bucket() jetstream.KeyValue {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.kv
+}
+
+// owns reports whether this node holds the latest claim of client id.
+func (o *owners) owns(id string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, ok := o.mine[id]
+	return ok
+}
+
+// ownerKey is a client id's key in the sessions bucket; subsKey the key
+// of its subscriptions.
+func ownerKey(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
+func subsKey(id string) string  { return ownerKey(id) + ".subs" }

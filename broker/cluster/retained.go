@@ -81,10 +81,14 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 				r.mu.Lock()
 				r.kv, r.cancel = kv, cancel
 				r.mu.Unlock()
-				go r.watch(h, w)
+				// Before the watch, which ends Init's wait: a session
+				// established before the bucket is open would not be
+				// claimed.
 				if err := h.own.open(ctx, h, js); err != nil {
 					h.log.Error("mqtt cluster: no session takeover across nodes", "node", h.cfg.Node, "error", err)
 				}
+				go r.watch(h, w)
+				go h.qs.open(h)
 				return
 			}
 		}
