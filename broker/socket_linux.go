@@ -46,6 +46,10 @@ func (s *rawSocket) idle() bool {
 	return true
 }
 
+// wrote counts now as the last write (the writer goroutine's). Called with
+// the connection's wmu held.
+func (s *rawSocket) wrote() { s.last = time.Now() }
+
 // newRawSocket returns the socket of c, or nil when c has none.
 func newRawSocket(c net.Conn) *rawSocket {
 	s, ok := c.(syscall.Conn)

@@ -2,16 +2,12 @@
 
 package broker
 
-import (
-	"net"
-	"time"
-)
+import "net"
 
 // rawSocket is Linux only; elsewhere every connection uses the writer
 // goroutine (writer.go).
 type rawSocket struct {
 	conn net.Conn
-	last time.Time
 }
 
 func newRawSocket(net.Conn) *rawSocket { return nil }
@@ -19,3 +15,5 @@ func newRawSocket(net.Conn) *rawSocket { return nil }
 func (s *rawSocket) tryWrite1([]byte) (int, error) { return 0, nil }
 
 func (s *rawSocket) idle() bool { return false }
+
+func (s *rawSocket) wrote() {}

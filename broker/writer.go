@@ -215,7 +215,7 @@ func (c *clientConn) writeLoop() {
 		c.wmu.Lock()
 		c.busyN = 0
 		if c.socket != nil {
-			c.socket.last = time.Now()
+			c.socket.wrote()
 		}
 		if err != nil {
 			if c.werr == nil {
