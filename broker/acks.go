@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"bytes"
-
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -35,7 +33,7 @@ type ackHook struct {
 func (h *ackHook) ID() string { return "caddy-mqtt-acks" }
 
 func (h *ackHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPacketEncode}, []byte{b})
+	return b == mqtt.OnPacketEncode
 }
 
 func (h *ackHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {

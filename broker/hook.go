@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 	"time"
@@ -23,17 +22,13 @@ type dispatchHook struct {
 func (h *dispatchHook) ID() string { return "caddy-mqtt-policy" }
 
 func (h *dispatchHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect,
-		mqtt.OnConnectAuthenticate,
-		mqtt.OnACLCheck,
-		mqtt.OnSessionEstablish,
-		mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect,
-		mqtt.OnSubscribe,
-		mqtt.OnSubscribed,
-		mqtt.OnPacketEncode,
-	}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPacketEncode:
+		return true
+	}
+	return false
 }
 
 // OnConnect runs before authentication: it refuses what no policy may

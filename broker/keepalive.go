@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"time"
@@ -22,7 +21,7 @@ type keepaliveHook struct {
 func (h *keepaliveHook) ID() string { return "caddy-mqtt-keepalive" }
 
 func (h *keepaliveHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect}, []byte{b})
+	return b == mqtt.OnConnect
 }
 
 // OnConnect caps the keep alive as mosquitto's max_keepalive does: an MQTT 5

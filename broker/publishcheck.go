@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -38,7 +37,11 @@ type publishCheckHook struct {
 func (h *publishCheckHook) ID() string { return "caddy-mqtt-publish-check" }
 
 func (h *publishCheckHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
+	switch b {
+	case mqtt.OnPacketRead, mqtt.OnACLCheck, mqtt.OnPublish:
+		return true
+	}
+	return false
 }
 
 func (h *publishCheckHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -35,7 +34,11 @@ func newSharedHook(b *Broker) *sharedHook {
 func (h *sharedHook) ID() string { return "caddy-mqtt-shared-subscriptions" }
 
 func (h *sharedHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSelectSubscribers, mqtt.OnUnsubscribed}, []byte{b})
+	switch b {
+	case mqtt.OnSelectSubscribers, mqtt.OnUnsubscribed:
+		return true
+	}
+	return false
 }
 
 func (h *sharedHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -273,13 +272,11 @@ func (h *orderHook) Provides(b byte) bool {
 	if h.holdAck && (b == mqtt.OnPublish || b == mqtt.OnPacketProcessed) {
 		return true
 	}
-	return bytes.Contains([]byte{
-		mqtt.OnSessionEstablish,
-		mqtt.OnSessionEstablished,
-		mqtt.OnPacketEncode,
-		mqtt.OnQosPublish,
-		mqtt.OnDisconnect,
-	}, []byte{b})
+	switch b {
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnDisconnect:
+		return true
+	}
+	return false
 }
 
 // OnQosPublish notes a message published to the client while its queue is

@@ -28,7 +28,11 @@ type willPropsHook struct {
 func (h *willPropsHook) ID() string { return "caddy-mqtt-will-properties" }
 
 func (h *willPropsHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish:
+		return true
+	}
+	return false
 }
 
 // OnConnect packs the will's properties into its user properties.
