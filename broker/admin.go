@@ -150,7 +150,7 @@ func (b *Broker) Kick(ctx context.Context, id string, discard bool) error {
 	// A new CONNECT with this id waits for the id's lock before it takes
 	// the session over (takeover.go); one that came first has a session
 	// that is not the one asked about.
-	unlock := b.ids.lock(id)
+	unlock := b.ids.Lock(id)
 	defer unlock()
 	if cur, ok := b.srv.Clients.Get(id); !ok || cur != cl {
 		return nil

@@ -1,6 +1,6 @@
 package broker
 
-import "sync"
+import "github.com/caddy-mqtt/caddy-mqtt/broker/internal/keylock"
 
 // idLocks serialises, per client id, the steps in which mochi hands a client
 // id from one connection to another. mochi's takeover (inheritClientSession:
@@ -12,47 +12,14 @@ import "sync"
 // successor's entry. A connection holds its id's lock from OnSessionEstablish
 // until its CONNACK is sent (OnSessionEstablished), and again from
 // OnDisconnect until Serve returns.
-type idLocks struct {
-	mu sync.Mutex
-	m  map[string]*idLock
-}
-
-type idLock struct {
-	sync.Mutex
-	refs int
-}
-
-// lock takes id's lock and returns the function that releases it.
-func (l *idLocks) lock(id string) (unlock func()) {
-	l.mu.Lock()
-	if l.m == nil {
-		l.m = make(map[string]*idLock)
-	}
-	e := l.m[id]
-	if e == nil {
-		e = new(idLock)
-		l.m[id] = e
-	}
-	e.refs++
-	l.mu.Unlock()
-
-	e.Lock()
-	return func() {
-		e.Unlock()
-		l.mu.Lock()
-		if e.refs--; e.refs == 0 {
-			delete(l.m, id)
-		}
-		l.mu.Unlock()
-	}
-}
+type idLocks = keylock.Locks
 
 // holdID takes the connection's client id lock unless it holds it already.
 // Only the goroutine serving the connection calls it (mochi runs the hooks
 // involved on that goroutine), so unlockID needs no lock of its own.
 func (c *clientConn) holdID(l *idLocks, id string) {
 	if c.unlockID == nil {
-		c.unlockID = l.lock(id)
+		c.unlockID = l.Lock(id)
 	}
 }
 

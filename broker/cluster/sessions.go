@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-mqtt/caddy-mqtt/broker/internal/keylock"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
@@ -47,48 +49,14 @@ type handoff struct {
 	mu       sync.Mutex
 	moved    map[string]bool // client ids handed to another node (takeover seen)
 	adopting map[string]int  // client ids whose session is being taken from another node
-	leaving  keyedLocks      // one leave at a time per client id
-	records  keyedLocks      // one record write at a time per client id
+	leaving  keylock.Locks   // one leave at a time per client id
+	records  keylock.Locks   // one record write at a time per client id
 }
 
 // lockLeave serializes leave per client id: a leave still running when
 // another node asks for the session must not recreate the consumer after
 // that node has taken and deleted it.
-func (ho *handoff) lockLeave(id string) (unlock func()) { return ho.leaving.lock(id) }
-
-// keyedLocks is a mutex per key, kept while in use.
-type keyedLocks struct {
-	mu sync.Mutex
-	m  map[string]*keyedLock
-}
-
-type keyedLock struct {
-	sync.Mutex
-	users int
-}
-
-func (k *keyedLocks) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = make(map[string]*keyedLock)
-	}
-	g := k.m[key]
-	if g == nil {
-		g = &keyedLock{}
-		k.m[key] = g
-	}
-	g.users++
-	k.mu.Unlock()
-	g.Lock()
-	return func() {
-		g.Unlock()
-		k.mu.Lock()
-		if g.users--; g.users == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-}
+func (ho *handoff) lockLeave(id string) (unlock func()) { return ho.leaving.Lock(id) }
 
 // adopting marks id while its session is taken over (d=1, then d=-1): its
 // record in the bucket is the old node's until then.
@@ -166,7 +134,7 @@ func (h *Hook) recordSubs(cl *mqtt.Client) {
 	}
 	// One write at a time, each with the subscriptions of its moment: two
 	// concurrent ones could land in the wrong order.
-	defer h.ho.records.lock(cl.ID)()
+	defer h.ho.records.Lock(cl.ID)()
 	var list []packets.Subscription
 	for _, s := range cl.State.Subscriptions.GetAll() {
 		list = append(list, s)
