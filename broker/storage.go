@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -329,7 +330,7 @@ func (h *orderHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	}
 	cc.resend.Lock()
 	cc.resend.existing = existing
-	cc.resend.armed = true
+	cc.resend.armed.Store(true)
 	cc.resend.queue = nil
 	cc.resend.started = false
 	cc.resend.Unlock()
@@ -344,9 +345,13 @@ func (h *orderHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.endResend
 
 func (h *orderHook) endResend(cl *mqtt.Client) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
+		if !cc.resend.armed.Load() {
+			return
+		}
 		cc.resend.Lock()
 		existing := cc.resend.existing
-		cc.resend.armed, cc.resend.queue, cc.resend.existing, cc.resend.live = false, nil, nil, nil
+		cc.resend.armed.Store(false)
+		cc.resend.queue, cc.resend.existing, cc.resend.live = nil, nil, nil
 		cc.resend.Unlock()
 		if existing != nil && h.store != nil {
 			h.store.mu.Lock()
@@ -365,12 +370,12 @@ func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 		return pk
 	}
 	r := &cc.resend
-	r.Lock()
-	defer r.Unlock()
-	if !r.armed {
+	if !r.armed.Load() || pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Dup {
 		return pk
 	}
-	if pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Dup {
+	r.Lock()
+	defer r.Unlock()
+	if !r.armed.Load() {
 		return pk
 	}
 	if !r.started {
@@ -398,19 +403,26 @@ func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 }
 
 // resendOrder is a connection's state while its session is resumed.
+// armed is read without the lock on every packet written to the connection,
+// so that connections not resuming a session (nearly all, nearly always)
+// never take it; it changes only under the lock.
 type resendOrder struct {
 	sync.Mutex
-	armed, started bool
-	queue          []packets.Packet
-	existing       *mqtt.Client
-	live           map[uint16]bool // published since the session was resumed
+	armed    atomic.Bool
+	started  bool
+	queue    []packets.Packet
+	existing *mqtt.Client
+	live     map[uint16]bool // published since the session was resumed
 }
 
 // written notes a message written to the client as it is published, while
 // the queue is resent.
 func (r *resendOrder) written(id uint16) {
+	if !r.armed.Load() {
+		return
+	}
 	r.Lock()
-	if r.armed {
+	if r.armed.Load() {
 		if r.live == nil {
 			r.live = make(map[uint16]bool)
 		}
