@@ -100,7 +100,7 @@ func TestStalledClientDoesNotHoldItsID(t *testing.T) {
 	b := newBroker(t, Options{WriteTimeout: time.Second}, AnonymousPolicy{Allow: true})
 	url := serveStorageTCP(t, b)
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return c.Control(func(fd uintptr) { setReceiveBuffer(fd, 4096) })
 	}}
 	stalled, err := d.Dial("tcp", strings.TrimPrefix(url, "tcp://"))
 	if err != nil {
