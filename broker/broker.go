@@ -147,6 +147,9 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		Logger:                 newMochiLogger(opts.Logger),
 		SysTopicResendInterval: int64(max(opts.SysInterval/time.Second, 1)),
 		InlineClient:           true,
+		// The read buffer every connection holds from its first byte to
+		// its last (idle.go).
+		ClientNetReadBufferSize: mochiReadBuffer,
 	})
 	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
 		return nil, err
