@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -33,7 +34,7 @@ func TestIdleConnectionMemory(t *testing.T) {
 		}
 	}()
 	for i := range n {
-		conns = append(conns, dialIdle(t, addr, "idle-"+itoa(i)))
+		conns = append(conns, dialIdle(t, addr, "idle-"+strconv.Itoa(i)))
 	}
 	// The broker side goes on for a moment after the CONNACK is written
 	// (hooks after OnSessionEstablished): wait until it counts them all.
@@ -86,16 +87,4 @@ func heapInUse() uint64 {
 	runtime.GC()
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
-}
-
-func itoa(i int) string {
-	var b [20]byte
-	p := len(b)
-	for {
-		p--
-		b[p] = byte('0' + i%10)
-		if i /= 10; i == 0 {
-			return string(b[p:])
-		}
-	}
 }
