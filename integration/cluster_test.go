@@ -17,6 +17,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.golang/paho"
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
 )
 
 // natsServer is a real nats-server process (built from the module proxy by
@@ -533,6 +534,8 @@ type counter struct {
 	got map[string]int
 }
 
+func newCounter() *counter { return &counter{got: map[string]int{}} }
+
 func (c *counter) add(p string) {
 	c.mu.Lock()
 	c.got[p]++
@@ -570,31 +573,38 @@ func (c *counter) waitAll(t *testing.T, who string, n int, d time.Duration) {
 	}
 }
 
-// drainV5 counts v's messages into c until stop is closed.
-func drainV5(v *V5, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case m := <-v.Msgs:
-				c.add(string(m.Payload))
-			case <-stop:
-				return
-			}
-		}
-	}()
+// drains counts the messages of a test's subscribers, across their
+// reconnects, until the test ends.
+type drains struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
 }
 
-func drainV3(v *V3, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
-	wg.Add(1)
+func newDrains(t *testing.T) *drains {
+	d := &drains{stop: make(chan struct{})}
+	t.Cleanup(func() { close(d.stop); d.wg.Wait() })
+	return d
+}
+
+// v5 counts v's messages into c.
+func (d *drains) v5(v *V5, c *counter) {
+	drainInto(d, v.Msgs, c, func(m *paho.Publish) string { return string(m.Payload) })
+}
+
+// v3 counts v's messages into c.
+func (d *drains) v3(v *V3, c *counter) {
+	drainInto(d, v.Msgs, c, func(m pahov3.Message) string { return string(m.Payload()) })
+}
+
+func drainInto[M any](d *drains, msgs <-chan M, c *counter, payload func(M) string) {
+	d.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer d.wg.Done()
 		for {
 			select {
-			case m := <-v.Msgs:
-				c.add(string(m.Payload()))
-			case <-stop:
+			case m := <-msgs:
+				c.add(payload(m))
+			case <-d.stop:
 				return
 			}
 		}
@@ -610,17 +620,15 @@ func drainV3(v *V3, c *counter, stop chan struct{}, wg *sync.WaitGroup) {
 func TestClusterQoS1SubscriberNodeKilled(t *testing.T) {
 	ns := startNATSServer(t)
 	nodes := startDurableClusterNodes(t, ns)
-	c5 := &counter{got: map[string]int{}}
-	c3 := &counter{got: map[string]int{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(stop); wg.Wait() }()
+	c5 := newCounter()
+	c3 := newCounter()
+	drain := newDrains(t)
 	sub5 := persistentV5(nodes[1], t, "tcp", "kd-sub5")
 	sub5.Subscribe(t, "stream/#", 1)
 	sub3 := persistentV3(nodes[1], t, "tls", "kd-sub3")
 	sub3.Subscribe(t, "stream/#", 1)
-	drainV5(sub5, c5, stop, &wg)
-	drainV3(sub3, c3, stop, &wg)
+	drain.v5(sub5, c5)
+	drain.v3(sub3, c3)
 
 	const total = 10000
 	pub := nodes[0].ConnectV5(t, "tcp", "kd-pub")
@@ -641,8 +649,8 @@ func TestClusterQoS1SubscriberNodeKilled(t *testing.T) {
 		t.Fatal("node 2 lost the MQTT 5 session")
 	}
 	sub3 = persistentV3(nodes[1], t, "tls", "kd-sub3")
-	drainV5(sub5, c5, stop, &wg)
-	drainV3(sub3, c3, stop, &wg)
+	drain.v5(sub5, c5)
+	drain.v3(sub3, c3)
 	c5.waitAll(t, "MQTT 5 subscriber", total, 90*time.Second)
 	c3.waitAll(t, "MQTT 3.1.1 subscriber", total, 60*time.Second)
 }
@@ -665,12 +673,10 @@ func TestClusterQoS1SurvivesNATSRestart(t *testing.T) {
 	ns.stop()
 	ns.start()
 	nodes[0].Restart()
-	c := &counter{got: map[string]int{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(stop); wg.Wait() }()
+	c := newCounter()
+	drain := newDrains(t)
 	sub = persistentV5(nodes[0], t, "tcp", "nr-sub")
-	drainV5(sub, c, stop, &wg)
+	drain.v5(sub, c)
 	c.waitAll(t, "subscriber", total, 60*time.Second)
 }
 
@@ -735,11 +741,9 @@ func TestClusterSessionFollowsClient(t *testing.T) {
 	ns := startNATSServer(t)
 	nodes := startClusterNodes(t, ns)
 	pub := nodes[2].ConnectV3(t, "tls", "follow-pub")
-	c5 := &counter{got: map[string]int{}}
-	c3 := &counter{got: map[string]int{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(stop); wg.Wait() }()
+	c5 := newCounter()
+	c3 := newCounter()
+	drain := newDrains(t)
 
 	old5 := persistentV5(nodes[0], t, "wss", "follow5")
 	old5.Subscribe(t, "follow/5/#", 1)
@@ -762,8 +766,8 @@ func TestClusterSessionFollowsClient(t *testing.T) {
 		}
 	}
 	// No SUBSCRIBE on node 2: the sessions' subscriptions came along.
-	drainV5(new5, c5, stop, &wg)
-	drainV3(new3, c3, stop, &wg)
+	drain.v5(new5, c5)
+	drain.v3(new3, c3)
 	publishUntil(t, pub, "follow/5/a", "on2", c5, "MQTT 5 session on node 2")
 	publishUntil(t, pub, "follow/3/a", "on2", c3, "MQTT 3.1.1 session on node 2")
 	if new3.Lost.Load() || len(new5.Disconnect) > 0 {
@@ -784,12 +788,12 @@ func TestClusterSessionFollowsClient(t *testing.T) {
 	// A client of node 3 that subscribes now gets none of them.
 	by := nodes[2].ConnectV5(t, "tcp", "follow-bystander")
 	by.Subscribe(t, "follow/#", 1)
-	cb := &counter{got: map[string]int{}}
-	drainV5(by, cb, stop, &wg)
+	cb := newCounter()
+	drain.v5(by, cb)
 	back5 := persistentV5(nodes[2], t, "tcp", "follow5")
 	back3 := persistentV3(nodes[2], t, "tls", "follow3")
-	drainV5(back5, c5, stop, &wg)
-	drainV3(back3, c3, stop, &wg)
+	drain.v5(back5, c5)
+	drain.v3(back3, c3)
 	c5.waitPayloads(t, "MQTT 5 session back on node 3", 30*time.Second, want...)
 	c3.waitPayloads(t, "MQTT 3.1.1 session back on node 3", 30*time.Second, want...)
 	publishUntil(t, pub, "follow/5/c", "on3", c5, "MQTT 5 session on node 3")
@@ -818,12 +822,10 @@ func TestClusterSessionOfKilledNode(t *testing.T) {
 	sub3 := persistentV3(nodes[0], t, "ws", "kill-sub3")
 	sub3.Subscribe(t, "orphan/#", 1)
 	sub3.Client.Disconnect(100)
-	c5 := &counter{got: map[string]int{}}
-	c3 := &counter{got: map[string]int{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(stop); wg.Wait() }()
-	drainV5(sub5, c5, stop, &wg)
+	c5 := newCounter()
+	c3 := newCounter()
+	drain := newDrains(t)
+	drain.v5(sub5, c5)
 	publishUntil(t, pub, "orphan/a/x", "before", c5, "MQTT 5 subscriber on node 1")
 
 	killNode(t, nodes[0])
@@ -835,8 +837,8 @@ func TestClusterSessionOfKilledNode(t *testing.T) {
 	}
 	sub5 = persistentV5(nodes[1], t, "tcp", "kill-sub5")
 	sub3 = persistentV3(nodes[1], t, "tls", "kill-sub3")
-	drainV5(sub5, c5, stop, &wg)
-	drainV3(sub3, c3, stop, &wg)
+	drain.v5(sub5, c5)
+	drain.v3(sub3, c3)
 	c5.waitAll(t, "MQTT 5 session of the killed node", n, 30*time.Second)
 	c3.waitAll(t, "MQTT 3.1.1 session of the killed node", n, 30*time.Second)
 	publishUntil(t, pub, "orphan/c/x", "after", c5, "MQTT 5 session on node 2")
@@ -857,13 +859,11 @@ func TestClusterSessionOfRestartedNode(t *testing.T) {
 	sub5.Subscribe(t, "back/#", 1)
 	sub3 := persistentV3(nodes[0], t, "tcp", "rs-sub3")
 	sub3.Subscribe(t, "back/#", 1)
-	c5 := &counter{got: map[string]int{}}
-	c3 := &counter{got: map[string]int{}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	defer func() { close(stop); wg.Wait() }()
-	drainV5(sub5, c5, stop, &wg)
-	drainV3(sub3, c3, stop, &wg)
+	c5 := newCounter()
+	c3 := newCounter()
+	drain := newDrains(t)
+	drain.v5(sub5, c5)
+	drain.v3(sub3, c3)
 	publishUntil(t, pub, "back/a", "before", c5, "MQTT 5 subscriber on node 1")
 
 	killNode(t, nodes[0])
@@ -875,8 +875,8 @@ func TestClusterSessionOfRestartedNode(t *testing.T) {
 	time.Sleep(2 * time.Second) // node 1 takes in what waited in the stream
 	sub5 = persistentV5(nodes[1], t, "tcp", "rs-sub5")
 	sub3 = persistentV3(nodes[1], t, "ws", "rs-sub3")
-	drainV5(sub5, c5, stop, &wg)
-	drainV3(sub3, c3, stop, &wg)
+	drain.v5(sub5, c5)
+	drain.v3(sub3, c3)
 	c5.waitAll(t, "MQTT 5 session handed over by the restarted node", n, 30*time.Second)
 	c3.waitAll(t, "MQTT 3.1.1 session handed over by the restarted node", n, 30*time.Second)
 }
