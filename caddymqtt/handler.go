@@ -174,11 +174,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	conn := &wsConn{Conn: websocket.NetConn(context.Background(), ws, websocket.MessageBinary)}
 	info := h.ConnInfo(door)
 	info.RemoteAddr, info.TLS = clientAddr(r), r.TLS
-	err = b.Serve(conn, info)
-	_ = conn.Close()
-	if err != nil {
-		h.logger.Debug("mqtt websocket session ended", zap.String("remote", r.RemoteAddr), zap.Error(err))
-	}
+	remote := r.RemoteAddr
+	// The session gets a goroutine of its own and the handler returns. The
+	// connection is hijacked, so net/http and Caddy are done with it; the
+	// request's goroutine would otherwise keep Caddy's whole middleware
+	// chain under the broker's read loop, a stack that stays at 32 KB for
+	// every idle WebSocket connection.
+	go func() {
+		err := b.Serve(conn, info)
+		_ = conn.Close()
+		if err != nil {
+			h.logger.Debug("mqtt websocket session ended", zap.String("remote", remote), zap.Error(err))
+		}
+	}()
 	return nil
 }
 

@@ -94,8 +94,10 @@ func FuzzWebSocketDoor(f *testing.F) {
 		select {
 		case <-ended:
 		case <-time.After(2 * time.Second):
-			t.Fatal("the session did not end 2 s after the client hung up")
+			t.Fatal("the handler did not return 2 s after the client hung up")
 		}
+		// The session runs on a goroutine of its own: it has ended once the
+		// goroutines are back to what they were.
 		deadline := time.Now().Add(2 * time.Second)
 		for runtime.NumGoroutine() > before {
 			if time.Now().After(deadline) {
