@@ -30,30 +30,11 @@ import (
 // (CONNECT, SUBSCRIBE, PUBLISH for MQTT 3.1.1 and 5) cut at every byte,
 // several packets per frame, and broken ones.
 func FuzzWebSocketDoor(f *testing.F) {
-	b, err := broker.New(broker.Options{
+	_, url, ended := newWebSocketDoor(f, broker.Options{
 		ConnectTimeout: 2 * time.Second,
 		MaxPacketSize:  64 << 10,
 		Logger:         slog.New(slog.DiscardHandler),
 	}, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	h := &Handler{app: &App{shared: &sharedBroker{b: b}}, logger: zap.NewNop()}
-	ended := make(chan struct{}, 1)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() { ended <- struct{}{} }()
-		_ = h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
-			http.Error(w, "not a websocket", http.StatusBadRequest)
-			return nil
-		}))
-	}))
-	f.Cleanup(srv.Close)
-	url := "ws" + strings.TrimPrefix(srv.URL, "http")
 
 	for _, s := range seedSessions() {
 		f.Add(s, []byte{})
@@ -108,6 +89,35 @@ func FuzzWebSocketDoor(f *testing.F) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+}
+
+// newWebSocketDoor serves the http.handlers.mqtt handler, in front of a new
+// broker, on a loopback httptest server; both are closed when the test ends.
+// It returns the broker, the server's ws:// URL and a channel that receives
+// once each time the handler returns. A request that is not a WebSocket upgrade gets
+// 400 from the next handler.
+func newWebSocketDoor(t testing.TB, opts broker.Options, policy broker.Policy) (*broker.Broker, string, <-chan struct{}) {
+	t.Helper()
+	b, err := broker.New(opts, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
+	})
+	h := &Handler{app: &App{shared: &sharedBroker{b: b}}, logger: zap.NewNop()}
+	returned := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { returned <- struct{}{} }()
+		_ = h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+			http.Error(w, "not a websocket", http.StatusBadRequest)
+			return nil
+		}))
+	}))
+	t.Cleanup(srv.Close)
+	return b, "ws" + strings.TrimPrefix(srv.URL, "http"), returned
 }
 
 // seedSessions are byte streams of whole MQTT sessions, for the seed corpus.

@@ -4,15 +4,10 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/coder/websocket"
-	"go.uber.org/zap"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker"
 )
@@ -24,30 +19,14 @@ import (
 // each). The session must still answer after the handler has returned, and
 // end when the client hangs up.
 func TestWebSocketHandlerReturnsWhileSessionRuns(t *testing.T) {
-	b, err := broker.New(broker.Options{
+	b, url, returned := newWebSocketDoor(t, broker.Options{
 		ConnectTimeout: 2 * time.Second,
 		Logger:         slog.New(slog.DiscardHandler),
 	}, &broker.AuthPolicy{AllowAnonymous: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	h := &Handler{app: &App{shared: &sharedBroker{b: b}}, logger: zap.NewNop()}
-	returned := make(chan struct{}, 1)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
-		returned <- struct{}{}
-	}))
-	t.Cleanup(srv.Close)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"),
-		&websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
 	if err != nil {
 		t.Fatal(err)
 	}
