@@ -25,13 +25,22 @@ import (
 // hook and one loopback door, and returns the door's address.
 func bareMochi(t *testing.T, configure func(*mqtt.Options)) (*mqtt.Server, string) {
 	t.Helper()
+	return bareMochiWith(t, configure, new(auth.AllowHook))
+}
+
+// bareMochiWith is bareMochi with the given hooks in place of the allow-all
+// one: a canary's own test hook, never one of this package's.
+func bareMochiWith(t *testing.T, configure func(*mqtt.Options), hooks ...mqtt.Hook) (*mqtt.Server, string) {
+	t.Helper()
 	opts := &mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)}
 	if configure != nil {
 		configure(opts)
 	}
 	srv := mqtt.New(opts)
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
+	for _, h := range hooks {
+		if err := srv.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := srv.AddListener(&doorListener{id: "t"}); err != nil {
 		t.Fatal(err)
