@@ -11,10 +11,12 @@ import (
 	"encoding/asn1"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -214,7 +216,11 @@ func TestCertIdentityOverTLS(t *testing.T) {
 		if err != nil {
 			return nil, nil, err
 		}
-		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		// paho.golang writes a packet in pieces, and its pinger sends a
+		// PINGREQ as soon as it starts: over TLS (one record per piece) the
+		// PINGREQ could land inside the first PUBLISH, which the broker then
+		// rightly refused as malformed. Locked, the pieces stay together.
+		c := paho.NewClient(paho.ClientConfig{Conn: &lockedConn{Conn: conn}})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		cp := &paho.Connect{ClientID: "c-" + username, KeepAlive: 30, CleanStart: true}
@@ -262,4 +268,12 @@ func TestCertIdentityOverTLS(t *testing.T) {
 	if v := gather(t, col, "caddy_mqtt_connections_refused_total", map[string]string{"door": "tls", "reason": "auth"}); v != 0 {
 		t.Errorf("refused for auth: %v", v)
 	}
+}
+
+// lockedConn makes paho.golang write each packet whole: it locks a
+// connection that is a sync.Locker around the pieces of a packet (only a TCP
+// socket writes those in one piece by itself).
+type lockedConn struct {
+	net.Conn
+	sync.Mutex
 }
