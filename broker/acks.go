@@ -5,7 +5,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// ackHook makes the acknowledgements mochi writes carry what MQTT 5 allows
+// ackEncoder makes the acknowledgements mochi writes carry what MQTT 5 allows
 // and nothing else, as mosquitto's do:
 //
 //   - mochi answers a QoS 1 PUBLISH with reason code 0x01 ("granted QoS 1",
@@ -15,7 +15,7 @@ import (
 //     PUBACK.
 //   - mochi copies the PUBLISH's properties into its acknowledgement (the
 //     User Properties of the message end up in the PUBACK). New turns that
-//     off (Compatibilities.NoInheritedPropertiesOnAck); this hook clears
+//     off (Compatibilities.NoInheritedPropertiesOnAck); this encoder clears
 //     whatever is left.
 //   - Reason Strings are optional on PUBACK, PUBREC, PUBREL, PUBCOMP,
 //     SUBACK and UNSUBACK; devices pay for them on every refused message,
@@ -25,20 +25,15 @@ import (
 // It also fills in the CONNACK properties mochi does not send: Maximum
 // Packet Size (the door's limit) and Topic Alias Maximum (what the broker
 // accepts; mochi advertises nothing, which tells clients 0).
-type ackHook struct {
-	mqtt.HookBase
+//
+// It is an encoder of encodeHook (encode.go), not a hook of its own.
+type ackEncoder struct {
 	b *Broker
 }
 
-func (h *ackHook) ID() string { return "caddy-mqtt-acks" }
-
-func (h *ackHook) Provides(b byte) bool {
-	return b == mqtt.OnPacketEncode
-}
-
-func (h *ackHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *ackEncoder) encode(cl *mqtt.Client, pk *packets.Packet) {
 	if cl.Properties.ProtocolVersion < 5 {
-		return pk
+		return
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
@@ -58,5 +53,4 @@ func (h *ackHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pac
 			}
 		}
 	}
-	return pk
 }

@@ -151,7 +151,8 @@ func New(opts Options, policy Policy) (*Broker, error) {
 		// its last (idle.go).
 		ClientNetReadBufferSize: mochiReadBuffer,
 	})
-	if err := b.srv.AddHook(&dispatchHook{b: b}, nil); err != nil {
+	dispatch := &dispatchHook{b: b}
+	if err := b.srv.AddHook(dispatch, nil); err != nil {
 		return nil, err
 	}
 	if !opts.NoMetrics {
@@ -166,8 +167,8 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// a queue to reorder, and sessionHook may discard it first.
 	// handoverHook after sessionHook: it moves only sessions that
 	// sessionHook lets the new connection resume.
-	handover := &handoverHook{b: b}
-	for _, h := range []mqtt.Hook{&packetIDHook{}, &sessionHook{b: b}, handover, &retainedHook{b: b}, &backpressureHook{}} {
+	ids, session, handover := &packetIDHook{}, &sessionHook{b: b}, &handoverHook{b: b}
+	for _, h := range []mqtt.Hook{ids, session, handover, &retainedHook{b: b}, &backpressureHook{}} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, err
 		}
@@ -176,7 +177,6 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// packetIDHook, so that what they write carries mochi's packet
 	// identifiers, which packetIDHook maps back.
 	for _, hook := range []mqtt.Hook{
-		&ackHook{b: b},          // acks.go
 		&publishCheckHook{b: b}, // publishcheck.go
 		&keepaliveHook{b: b},    // keepalive.go
 		newSharedHook(b),        // shared.go
@@ -189,9 +189,15 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	if err := b.srv.AddHook(order, nil); err != nil {
 		return nil, err
 	}
-	// After orderHook: the queued message it puts in place of the one mochi
-	// writes is a will too, at times, to be unpacked and counted down.
-	if err := b.srv.AddHook(&willPropsHook{b: b}, nil); err != nil {
+	will := &willPropsHook{b: b}
+	if err := b.srv.AddHook(will, nil); err != nil {
+		return nil, err
+	}
+	// Each concern's changes to the packets mochi writes (encode.go); before
+	// the storage hook and opts.Hooks, which see the packet as it will be
+	// written.
+	encode := &encodeHook{dispatch: dispatch, ids: ids, session: session, handover: handover, acks: &ackEncoder{b: b}, order: order, will: will}
+	if err := b.srv.AddHook(encode, nil); err != nil {
 		return nil, err
 	}
 	if opts.Storage.Enabled() {

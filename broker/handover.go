@@ -63,7 +63,7 @@ func (h *handoverHook) ID() string { return "caddy-mqtt-handover" }
 
 func (h *handoverHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnPacketEncode, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnQosPublish:
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnQosPublish:
 		return true
 	}
 	return false
@@ -103,15 +103,14 @@ func (h *handoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	h.marked.Store(existing, true)
 }
 
-// OnPacketEncode: when mochi encodes a successor's CONNACK, it has
+// encode: when mochi encodes a successor's CONNACK, it has
 // registered it. What is written now goes out after the CONNACK (writer.go).
 // mochi may fail the connection after this (its resend of the queue) without
 // calling OnSessionEstablished or OnDisconnect.
-func (h *handoverHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *handoverHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Type == packets.Connack {
 		h.opened(cl)
 	}
-	return pk
 }
 
 // OnSessionEstablished and OnDisconnect: in case a successor was registered

@@ -25,7 +25,7 @@ func (h *dispatchHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPacketEncode:
+		mqtt.OnSubscribe, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -245,13 +245,13 @@ func (h *dispatchHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	}
 }
 
-// OnPacketEncode keeps MQTT 5 packets away from MQTT 3 clients. mochi
+// encode keeps MQTT 5 packets away from MQTT 3 clients. mochi
 // refuses some CONNECTs with an MQTT 5 code it has no MQTT 3 mapping for
 // (0x82 for a wrong protocol name, version or reserved bit, 0x80 for an empty
 // client id without clean session) and writes it unchanged into an MQTT 3
 // CONNACK, where only return codes 0-5 exist. MQTT 3.1.1 requires return
 // code 2 for the empty client id [MQTT-3.1.3-8].
-func (h *dispatchHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *dispatchHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion < 5 && pk.ReasonCode > 5 {
 		switch pk.ReasonCode {
 		case packets.ErrProtocolViolation.Code, packets.ErrUnsupportedProtocolVersion.Code:
@@ -272,7 +272,6 @@ func (h *dispatchHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 		// whatever the write returns: MQTT 3 clients just see it closed.
 		pk.Mods.MaxSize = 1
 	}
-	return pk
 }
 
 func clientOf(cl *mqtt.Client) *Client {

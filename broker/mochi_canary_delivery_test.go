@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"fmt"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -286,5 +287,18 @@ func TestMochiCanaryEncodedNotWritten(t *testing.T) {
 	if count.encoded.Load() != 1 || count.sent.Load() != 0 {
 		t.Fatalf("mochi encoded %d and wrote %d publishes: when every encoded packet is written, flow accounting could move to OnPacketEncode (MOCHI.md row 33)",
 			count.encoded.Load(), count.sent.Load())
+	}
+}
+
+// Canary for encode.go (one hook for OnPacketEncode): mochi passes the whole
+// packets.Packet by value into and out of every hook's OnPacketEncode.
+func TestMochiCanaryEncodeByValue(t *testing.T) {
+	m, ok := reflect.TypeFor[mqtt.Hook]().MethodByName("OnPacketEncode")
+	packet := reflect.TypeFor[packets.Packet]()
+	if !ok || m.Type.NumIn() != 2 || m.Type.In(1) != packet || m.Type.NumOut() != 1 || m.Type.Out(0) != packet {
+		t.Fatalf("mochi's OnPacketEncode is now %v: review encodeHook in encode.go (MOCHI.md row 34)", m.Type)
+	}
+	if size := packet.Size(); size < 512 {
+		t.Fatalf("packets.Packet is now %d bytes: a hook per concern may cost little enough again (MOCHI.md row 34)", size)
 	}
 }

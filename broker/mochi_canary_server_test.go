@@ -139,7 +139,7 @@ func TestMochiCanaryCloseOnlyRegisteredListeners(t *testing.T) {
 	}
 }
 
-// Canary for hook.go (dispatchHook.OnPacketEncode): mochi writes MQTT 5
+// Canary for hook.go (dispatchHook.encode): mochi writes MQTT 5
 // reason codes into MQTT 3 CONNACKs (0x80 for an empty client id without
 // clean session, where MQTT 3.1.1 has return code 2), and sends MQTT 3
 // clients a DISCONNECT, which MQTT 3.1.1 has only from the client.
@@ -147,7 +147,7 @@ func TestMochiCanaryMQTT3Codes(t *testing.T) {
 	_, addr := bareMochi(t, nil)
 	_, ack := dialRawConnect(t, addr, 4, packets.ConnectParams{Keepalive: 30}, packets.Properties{})
 	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != packets.ErrUnspecifiedError.Code {
-		t.Fatalf("mochi now answers an MQTT 3 empty client id without clean session with %v %#x: review dispatchHook.OnPacketEncode in hook.go (MOCHI.md row 17)",
+		t.Fatalf("mochi now answers an MQTT 3 empty client id without clean session with %v %#x: review dispatchHook.encode in hook.go (MOCHI.md row 17)",
 			ack.FixedHeader.Type, ack.ReasonCode)
 	}
 	first := dialWire(t, addr)
@@ -155,7 +155,7 @@ func TestMochiCanaryMQTT3Codes(t *testing.T) {
 	second := dialWire(t, addr)
 	second.connect(4, "canary-v3-takeover", 30, packets.Properties{})
 	if got := first.next(3 * time.Second); len(got) == 0 || got[0] != 0xe0 {
-		t.Fatalf("mochi no longer sends a DISCONNECT to a taken-over MQTT 3 client (% x): review dispatchHook.OnPacketEncode in hook.go (MOCHI.md row 17)", got)
+		t.Fatalf("mochi no longer sends a DISCONNECT to a taken-over MQTT 3 client (% x): review dispatchHook.encode in hook.go (MOCHI.md row 17)", got)
 	}
 }
 

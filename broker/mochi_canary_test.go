@@ -105,7 +105,7 @@ func TestMochiCanarySharedPacketIDs(t *testing.T) {
 	}
 }
 
-// Canary for storage.go (orderHook.OnPacketEncode): mochi marks every
+// Canary for storage.go (orderHook.encode): mochi marks every
 // queued message DUP when it resends a resumed session's queue, also those
 // it never sent.
 func TestMochiCanaryDupOnFirstDelivery(t *testing.T) {

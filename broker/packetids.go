@@ -124,7 +124,7 @@ type packetIDHook struct {
 func (h *packetIDHook) ID() string { return "caddy-mqtt-packet-ids" }
 
 func (h *packetIDHook) Provides(b byte) bool {
-	return b == mqtt.OnPacketRead || b == mqtt.OnPacketEncode || b == mqtt.OnQosPublish
+	return b == mqtt.OnPacketRead || b == mqtt.OnQosPublish
 }
 
 // OnPacketRead runs just before mochi processes the packet (mochi reads and
@@ -148,15 +148,15 @@ func (h *packetIDHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	return pk, nil
 }
 
-// OnPacketEncode gives mochi's answers the client's identifiers. A PUBREC
+// encode gives mochi's answers the client's identifiers. A PUBREC
 // 0x91 for a publish whose PUBREC mochi holds is the answer to the client's
 // re-send of it (after a reconnect, or when the PUBREC was lost): the
 // receiver must acknowledge it again with success and not deliver it twice
 // [MQTT-4.3.3-9], as mosquitto does.
-func (h *packetIDHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *packetIDHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	cc, ok := cl.Net.Conn.(*clientConn)
 	if !ok {
-		return pk
+		return
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Pubrec:
@@ -170,7 +170,6 @@ func (h *packetIDHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 	case packets.Puback, packets.Pubcomp, packets.Suback, packets.Unsuback:
 		pk.PacketID = cc.ids.back(pk.PacketID, true)
 	}
-	return pk
 }
 
 // OnQosPublish notes the identifiers mochi gives its messages to the client.

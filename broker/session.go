@@ -37,7 +37,7 @@ type sessionHook struct {
 func (h *sessionHook) ID() string { return "caddy-mqtt-session" }
 
 func (h *sessionHook) Provides(b byte) bool {
-	return b == mqtt.OnSessionEstablish || b == mqtt.OnPacketEncode
+	return b == mqtt.OnSessionEstablish
 }
 
 // sessionState is what a connection's session carries over from the
@@ -106,14 +106,14 @@ func (h *sessionHook) sameOwner(existing *mqtt.Client, cc *clientConn) bool {
 	return string(existing.Properties.Username) == c.Username && key == c.AuthKey
 }
 
-// OnPacketEncode applies the decision to the CONNACK.
-func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// encode applies the decision to the CONNACK.
+func (h *sessionHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != packets.CodeSuccess.Code {
-		return pk
+		return
 	}
 	cc, ok := cl.Net.Conn.(*clientConn)
 	if !ok {
-		return pk
+		return
 	}
 	switch sessionStart(cc.resume.Swap(uint32(sessionNew))) {
 	case sessionRefused:
@@ -128,7 +128,6 @@ func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 		h.dropUnreadable(cl, cc)
 	}
 	cc.m.sessionPresent.Store(pk.SessionPresent) // for the connect log line
-	return pk
 }
 
 // dropUnreadable removes the queued messages the client may no longer read.

@@ -274,7 +274,7 @@ func (h *orderHook) Provides(b byte) bool {
 		return true
 	}
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnDisconnect:
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnQosPublish, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -361,22 +361,22 @@ func (h *orderHook) endResend(cl *mqtt.Client) {
 	}
 }
 
-// OnPacketEncode substitutes resent PUBLISH packets (those mochi marks DUP
+// encode substitutes resent PUBLISH packets (those mochi marks DUP
 // while resuming a session) with the queue in order. Live messages carry no
 // DUP flag and pass through.
-func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *orderHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	cc, ok := cl.Net.Conn.(*clientConn)
 	if !ok {
-		return pk
+		return
 	}
 	r := &cc.resend
 	if !r.armed.Load() || pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Dup {
-		return pk
+		return
 	}
 	r.Lock()
 	defer r.Unlock()
 	if !r.armed.Load() {
-		return pk
+		return
 	}
 	if !r.started {
 		// The first resent packet: mochi has taken its resend list, and the
@@ -387,7 +387,7 @@ func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 	}
 	if len(r.queue) == 0 {
 		pk.FixedHeader.Dup = cc.sent.has(pk.PacketID)
-		return pk
+		return
 	}
 	next := r.queue[0]
 	r.queue = r.queue[1:]
@@ -399,7 +399,7 @@ func (h *orderHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 	if next.Expiry > 0 { // as WritePacket does for the packet it was given
 		next.Properties.MessageExpiryInterval = uint32(max(next.Expiry-time.Now().Unix(), 1))
 	}
-	return next
+	*pk = next
 }
 
 // resendOrder is a connection's state while its session is resumed.

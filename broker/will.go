@@ -29,7 +29,7 @@ func (h *willPropsHook) ID() string { return "caddy-mqtt-will-properties" }
 
 func (h *willPropsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish:
+	case mqtt.OnConnect, mqtt.OnQosPublish:
 		return true
 	}
 	return false
@@ -54,7 +54,7 @@ func (h *willPropsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// Only the zero length: nothing to keep, unless the will is delayed:
 	// mochi gives a delayed will the time it is due as its expiry, so it
 	// would reach subscribers with Message Expiry Interval 1; written as a
-	// packed will, OnPacketEncode puts the will's own (none) in place
+	// packed will, encode puts the will's own (none) in place
 	// (MOCHI.md).
 	if buf.Len() <= 1 && wp.WillDelayInterval == 0 {
 		return nil
@@ -134,20 +134,20 @@ func (h *willPropsHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64
 	cl.State.Inflight.Set(stored)
 }
 
-// OnPacketEncode unpacks them into a will message written to a subscriber,
+// encode unpacks them into a will message written to a subscriber,
 // with the Message Expiry Interval counted down by the time the will has
 // waited since it was published [MQTT-3.3.2-6].
-func (h *willPropsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	wp, user, will, ok := packedWill(pk)
+func (h *willPropsHook) encode(cl *mqtt.Client, pk *packets.Packet) {
+	wp, user, will, ok := packedWill(*pk)
 	if will {
 		pk.Properties.User = user
 	}
 	if !ok {
-		return pk
+		return
 	}
 	pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = wp.PayloadFormat, wp.PayloadFormatFlag
 	pk.Properties.MessageExpiryInterval = 0
-	if exp := willExpiry(pk, wp, h.b.srv.Options.Capabilities.MaximumMessageExpiryInterval); exp > 0 {
+	if exp := willExpiry(*pk, wp, h.b.srv.Options.Capabilities.MaximumMessageExpiryInterval); exp > 0 {
 		// As mochi does for other messages: at least 1 for one written
 		// in the second it expires.
 		pk.Properties.MessageExpiryInterval = uint32(max(exp-time.Now().Unix(), 1))
@@ -155,5 +155,4 @@ func (h *willPropsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packe
 	pk.Properties.ContentType = wp.ContentType
 	pk.Properties.ResponseTopic = wp.ResponseTopic
 	pk.Properties.CorrelationData = wp.CorrelationData
-	return pk
 }

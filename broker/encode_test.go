@@ -1,0 +1,30 @@
+package broker
+
+import (
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"unsafe"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+// TestOneHookEncodes: in a broker (with storage, so every hook is there),
+// encodeHook is the only hook that takes mochi's OnPacketEncode; each other
+// one would cost two copies of the 800-byte packet for every packet written.
+func TestOneHookEncodes(t *testing.T) {
+	b := newBroker(t, Options{Storage: Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "mqtt.db")}}, AnonymousPolicy{Allow: true})
+	// mochi does not export its hook list; read it (only) from the server.
+	field := reflect.ValueOf(b.srv).Elem().FieldByName("hooks")
+	hooks := (*mqtt.Hooks)(unsafe.Pointer(field.Pointer()))
+	var encoding []string
+	for _, h := range hooks.GetAll() {
+		if h.Provides(mqtt.OnPacketEncode) {
+			encoding = append(encoding, h.ID())
+		}
+	}
+	if fmt.Sprint(encoding) != "[caddy-mqtt-encode]" {
+		t.Fatalf("hooks providing OnPacketEncode: %v, want only encodeHook", encoding)
+	}
+}
