@@ -61,10 +61,7 @@ func TestMochiCanaryReceiveMaximumStalls(t *testing.T) {
 // writes (MaximumClientWritesPending) is full, mochi drops the message, a
 // QoS 1 one too, and deletes it from the client's in-flight store.
 func TestMochiCanaryFullWriteChannelDropsQoS1(t *testing.T) {
-	srv, addr := bareMochi(t, func(o *mqtt.Options) {
-		o.Capabilities = mqtt.NewDefaultServerCapabilities()
-		o.Capabilities.MaximumClientWritesPending = 4
-	})
+	srv, addr := bareMochi(t, withCapabilities(func(c *mqtt.Capabilities) { c.MaximumClientWritesPending = 4 }))
 	c := dialRaw(t, addr, 4, "canary-full", true, packets.Properties{})
 	c.subscribe("canary/full", 1)
 	// The client does not read: the socket fills, then mochi's channel.

@@ -46,10 +46,7 @@ func TestMochiCanarySysAndWildcardPublish(t *testing.T) {
 // Maximum (clients must then assume 0 although it accepts 65535) nor the
 // Maximum Packet Size it enforces.
 func TestMochiCanaryConnackLimits(t *testing.T) {
-	_, addr := bareMochi(t, func(o *mqtt.Options) {
-		o.Capabilities = mqtt.NewDefaultServerCapabilities()
-		o.Capabilities.MaximumPacketSize = 1024
-	})
+	_, addr := bareMochi(t, withCapabilities(func(c *mqtt.Capabilities) { c.MaximumPacketSize = 1024 }))
 	w := dialWire(t, addr)
 	ack := decodeConnack(t, w.connect(5, "canary-connack", 30, packets.Properties{}))
 	if ack.Properties.TopicAliasMaximum != 0 || ack.Properties.MaximumPacketSize != 0 {
@@ -74,10 +71,7 @@ func TestMochiCanaryKeepaliveWholeSeconds(t *testing.T) {
 // Canary for keepalive.go (readFailed): mochi closes an MQTT 5 connection
 // whose packet is over its Maximum Packet Size without a DISCONNECT.
 func TestMochiCanaryTooLargeNoDisconnect(t *testing.T) {
-	_, addr := bareMochi(t, func(o *mqtt.Options) {
-		o.Capabilities = mqtt.NewDefaultServerCapabilities()
-		o.Capabilities.MaximumPacketSize = 1024
-	})
+	_, addr := bareMochi(t, withCapabilities(func(c *mqtt.Capabilities) { c.MaximumPacketSize = 1024 }))
 	w := dialWire(t, addr)
 	w.connect(5, "canary-big", 30, packets.Properties{})
 	w.packet(publishPk(1, 1, "canary/big", string(bytes.Repeat([]byte("x"), 2048))))

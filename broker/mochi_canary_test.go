@@ -65,6 +65,15 @@ func bareMochiWith(t *testing.T, configure func(*mqtt.Options), hooks ...mqtt.Ho
 	return srv, ln.Addr().String()
 }
 
+// withCapabilities configures bareMochi with mochi's default capabilities,
+// changed by set.
+func withCapabilities(set func(*mqtt.Capabilities)) func(*mqtt.Options) {
+	return func(o *mqtt.Options) {
+		o.Capabilities = mqtt.NewDefaultServerCapabilities()
+		set(o.Capabilities)
+	}
+}
+
 // offlineQueue subscribes a persistent MQTT 3.1.1 session to topic, leaves,
 // and queues n QoS 1 messages for it.
 func offlineQueue(t *testing.T, srv *mqtt.Server, addr, id, topic string, n int) {
@@ -138,10 +147,7 @@ func TestMochiCanaryTakeoverInheritsQueue(t *testing.T) {
 // to MQTT 3 clients and closes the connection of one with more unreleased
 // QoS 2 publishes.
 func TestMochiCanaryMQTT3ReceiveMaximum(t *testing.T) {
-	_, addr := bareMochi(t, func(o *mqtt.Options) {
-		o.Capabilities = mqtt.NewDefaultServerCapabilities()
-		o.Capabilities.ReceiveMaximum = 5
-	})
+	_, addr := bareMochi(t, withCapabilities(func(c *mqtt.Capabilities) { c.ReceiveMaximum = 5 }))
 	c := dialRaw(t, addr, 4, "canary-rm", true, packets.Properties{})
 	for i := 1; i <= 6; i++ {
 		c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: uint16(i), TopicName: "canary/rm", Payload: []byte("x")})
@@ -180,10 +186,7 @@ func TestMochiCanaryOutboundChannel(t *testing.T) {
 // messages into the client's write buffer all at once and drops what does
 // not fit.
 func TestMochiCanaryRetainedDropped(t *testing.T) {
-	srv, addr := bareMochi(t, func(o *mqtt.Options) {
-		o.Capabilities = mqtt.NewDefaultServerCapabilities()
-		o.Capabilities.MaximumClientWritesPending = 16
-	})
+	srv, addr := bareMochi(t, withCapabilities(func(c *mqtt.Capabilities) { c.MaximumClientWritesPending = 16 }))
 	payload := strings.Repeat("x", 4096)
 	for i := range 1000 {
 		if err := srv.Publish(fmt.Sprintf("canary/r/%04d", i), []byte(payload), true, 0); err != nil {
