@@ -30,8 +30,9 @@ func (h *encodeHook) ID() string { return "caddy-mqtt-encode" }
 
 func (h *encodeHook) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
 
-// OnPacketEncode calls the concerns in the order their hooks are registered
-// in (New), willPropsHook after orderHook: the queued message orderHook puts
+// OnPacketEncode calls each concern only for the packet types it changes
+// (their encode methods do not check the type again), in the order their
+// hooks are registered in (New), willPropsHook after orderHook: the queued message orderHook puts
 // in place of the one mochi writes is a will too, at times, to be unpacked
 // and counted down.
 func (h *encodeHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {

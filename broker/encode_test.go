@@ -15,11 +15,8 @@ import (
 // one would cost two copies of the 800-byte packet for every packet written.
 func TestOneHookEncodes(t *testing.T) {
 	b := newBroker(t, Options{Storage: Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "mqtt.db")}}, AnonymousPolicy{Allow: true})
-	// mochi does not export its hook list; read it (only) from the server.
-	field := reflect.ValueOf(b.srv).Elem().FieldByName("hooks")
-	hooks := (*mqtt.Hooks)(unsafe.Pointer(field.Pointer()))
 	var encoding []string
-	for _, h := range hooks.GetAll() {
+	for _, h := range mochiHooks(b.srv).GetAll() {
 		if h.Provides(mqtt.OnPacketEncode) {
 			encoding = append(encoding, h.ID())
 		}
@@ -27,4 +24,11 @@ func TestOneHookEncodes(t *testing.T) {
 	if fmt.Sprint(encoding) != "[caddy-mqtt-encode]" {
 		t.Fatalf("hooks providing OnPacketEncode: %v, want only encodeHook", encoding)
 	}
+}
+
+// mochiHooks is srv's hook list, which mochi does not export; tests only
+// read it.
+func mochiHooks(srv *mqtt.Server) *mqtt.Hooks {
+	field := reflect.ValueOf(srv).Elem().FieldByName("hooks")
+	return (*mqtt.Hooks)(unsafe.Pointer(field.Pointer()))
 }

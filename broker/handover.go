@@ -107,10 +107,8 @@ func (h *handoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 // registered it. What is written now goes out after the CONNACK (writer.go).
 // mochi may fail the connection after this (its resend of the queue) without
 // calling OnSessionEstablished or OnDisconnect.
-func (h *handoverHook) encode(cl *mqtt.Client, pk *packets.Packet) {
-	if pk.FixedHeader.Type == packets.Connack {
-		h.opened(cl)
-	}
+func (h *handoverHook) encode(cl *mqtt.Client, _ *packets.Packet) {
+	h.opened(cl)
 }
 
 // OnSessionEstablished and OnDisconnect: in case a successor was registered

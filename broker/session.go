@@ -108,7 +108,7 @@ func (h *sessionHook) sameOwner(existing *mqtt.Client, cc *clientConn) bool {
 
 // encode applies the decision to the CONNACK.
 func (h *sessionHook) encode(cl *mqtt.Client, pk *packets.Packet) {
-	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != packets.CodeSuccess.Code {
+	if pk.ReasonCode != packets.CodeSuccess.Code {
 		return
 	}
 	cc, ok := cl.Net.Conn.(*clientConn)

@@ -370,7 +370,7 @@ func (h *orderHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 		return
 	}
 	r := &cc.resend
-	if !r.armed.Load() || pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Dup {
+	if !r.armed.Load() || !pk.FixedHeader.Dup {
 		return
 	}
 	r.Lock()
