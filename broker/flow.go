@@ -450,20 +450,36 @@ func (b *Broker) logDrop(cl *mqtt.Client, msg string) {
 }
 
 // track numbers a QoS 1/2 message that the broker sends a client itself
-// (retained.go, handover.go) and keeps it in the session's store (and on
-// disk), as mochi does for the messages it publishes.
-func (b *Broker) track(cl *mqtt.Client, cc *clientConn, out *packets.Packet) bool {
+// (retained.go, handover.go) and keeps it in the session, as mochi does for
+// the messages it publishes. ok is false when no packet identifier is left;
+// added reports that the message is new to the session, and is then stored
+// (on disk) unless the caller stores it itself (handover.go, which calls
+// track under its lock and must not wait for the disk there).
+func (b *Broker) track(cl *mqtt.Client, cc *clientConn, out *packets.Packet, store bool) (ok, added bool) {
 	id, err := cl.NextPacketID()
 	if err != nil {
-		return false
+		return false, false
 	}
 	out.PacketID = uint16(id)
 	cc.ids.lastOut.Store(id)
-	if cl.State.Inflight.Set(*out) {
-		atomic.AddInt64(&b.srv.Info.Inflight, 1)
-		if b.store != nil && b.store.keep(cl) {
-			b.store.OnQosPublish(cl, *out, out.Created, 0)
-		}
+	// Written live, no part of a queue being resent (storage.go); noted
+	// before it joins the session: a resend that took the queue in between
+	// counted it as queued, and one queued message was not resent in its
+	// place.
+	cc.resend.written(out.PacketID)
+	if !cl.State.Inflight.Set(*out) {
+		return true, false
 	}
-	return true
+	atomic.AddInt64(&b.srv.Info.Inflight, 1)
+	if store {
+		b.storeTracked(cl, *out)
+	}
+	return true, true
+}
+
+// storeTracked writes a message track added to cl's session to disk.
+func (b *Broker) storeTracked(cl *mqtt.Client, pk packets.Packet) {
+	if b.store != nil {
+		b.store.tracked(cl, pk)
+	}
 }

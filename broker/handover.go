@@ -34,9 +34,13 @@ type handoverHook struct {
 	mu  sync.Mutex
 	old map[*mqtt.Client]*handover // marked old clients
 
-	// marked holds the keys of old, for caught: storage asks while
-	// deliver holds mu.
+	// marked holds the keys of old, for caught and for OnQosPublish, which
+	// every QoS 1/2 message to any client passes: a broker-wide lock there
+	// made all publishers wait for each other.
 	marked sync.Map
+
+	stopped    bool           // Stop has begun: opened delivers in its caller
+	delivering sync.WaitGroup // opened's deliveries after a CONNACK
 }
 
 // handover is one session's move from an old client to its successor.
@@ -117,7 +121,10 @@ func (h *handoverHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 
 func (h *handoverHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.opened(cl) }
 
-// opened delivers what was caught for the successor cl.
+// opened delivers what was caught for the successor cl. Not in the caller:
+// with storage each message waits for the disk, and with publishers busy
+// hundreds are caught, which held the successor's CONNACK back for seconds
+// (the goroutine's writes before the CONNACK wait for it, writer.go).
 func (h *handoverHook) opened(cl *mqtt.Client) {
 	var pending []packets.Packet
 	h.mu.Lock()
@@ -128,10 +135,39 @@ func (h *handoverHook) opened(cl *mqtt.Client) {
 			ho.pending = nil
 		}
 	}
-	h.mu.Unlock()
-	for _, pk := range pending {
-		h.deliver(cl, pk)
+	if len(pending) == 0 {
+		h.mu.Unlock()
+		return
 	}
+	inCaller := h.stopped
+	if !inCaller {
+		h.delivering.Add(1)
+	}
+	h.mu.Unlock()
+	deliverAll := func() {
+		for _, pk := range pending {
+			h.deliver(cl, pk)
+		}
+	}
+	if inCaller {
+		deliverAll()
+		return
+	}
+	go func() {
+		defer h.delivering.Done()
+		deliverAll()
+	}()
+}
+
+// Stop waits for opened's deliveries, which store what they deliver: mochi
+// stops the hooks in the order they were added, and this one was added
+// before the storage hook (broker.go).
+func (h *handoverHook) Stop() error {
+	h.mu.Lock()
+	h.stopped = true
+	h.mu.Unlock()
+	h.delivering.Wait()
+	return nil
 }
 
 // OnQosPublish takes a message mochi has just queued in a marked client out
@@ -139,6 +175,13 @@ func (h *handoverHook) opened(cl *mqtt.Client) {
 func (h *handoverHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
 	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Dup {
 		return // a resend of the client's own queue
+	}
+	// Unmarked clients without the lock. OnSessionEstablish marks a client
+	// before mochi copies its queue, and the copy and the queueing of pk
+	// (before this call) take the queue's lock: if pk was queued first, it
+	// was copied with the queue; if the copy came first, the mark is seen.
+	if !h.caught(cl) {
+		return
 	}
 	h.mu.Lock()
 	ho := h.old[cl]
@@ -188,13 +231,18 @@ func (h *handoverHook) deliver(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	out := pk.Copy(false)
-	queued := h.b.track(cl, cc, &out)
+	queued, added := h.b.track(cl, cc, &out, false)
 	h.mu.Unlock()
 	if !queued {
 		h.b.log.Warn("mqtt session handover: no packet identifier left, message dropped", "client", cl.ID, "topic", pk.TopicName)
 		return
 	}
-	cc.resend.written(out.PacketID) // storage.go: not part of a queue being resent
+	if added {
+		// After h.mu: every QoS 1/2 publish to a handed-over client takes
+		// it, and this waits for the disk. Before the write: no
+		// acknowledgement can delete the record before it exists.
+		h.b.storeTracked(cl, out)
+	}
 	if cl.Closed() {
 		return // queued for the next connection
 	}

@@ -3,10 +3,13 @@ package broker
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // TestResumeWhilePublishingLosesNothing: a persistent subscriber resumes
@@ -132,4 +135,105 @@ func TestResumeWhilePublishingLosesNothing(t *testing.T) {
 			t.Logf("%d resumptions, all %d messages delivered", resumes, want)
 		})
 	}
+}
+
+// TestCaughtMessagesDoNotHoldTheConnack: a message caught in a session's
+// handover is delivered after the successor's CONNACK, not before it. With
+// storage each caught message waits for the disk, and with publishers busy
+// hundreds are caught: delivered first, they held a resuming client's
+// CONNACK back for up to 0.6 s, seconds under load. Here a hook holds the
+// caught message's delivery, as a slow disk would, and the CONNACK must
+// arrive meanwhile; then the message.
+func TestCaughtMessagesDoNotHoldTheConnack(t *testing.T) {
+	pause := &handoverPauseHook{
+		id: "caught", topic: "caught/t",
+		establishing: make(chan struct{}), establish: make(chan struct{}),
+		encoding: make(chan struct{}, 1), encode: make(chan struct{}),
+	}
+	var release sync.Once
+	releaseAll := func() {
+		release.Do(func() {
+			close(pause.establish)
+			close(pause.encode)
+		})
+	}
+	defer releaseAll()
+	b := newBroker(t, Options{Hooks: []mqtt.Hook{pause}}, AnonymousPolicy{Allow: true})
+	url := serveStorageTCP(t, b)
+	msgs := make(chan string, 10)
+	first := storageConnectV3(t, url, "caught", false, msgs)
+	storageWait(t, first.Subscribe("caught/t", 1, nil), "subscribe")
+	first.Disconnect(100)
+	pub := storageConnectV3(t, url, "caught-pub", true, nil)
+
+	// Resume; the hook stops the new connection after handoverHook has
+	// marked the old session and before mochi registers the new one.
+	pause.armed.Store(true)
+	opts := pahov3.NewClientOptions().AddBroker(url).SetClientID("caught").SetProtocolVersion(4).
+		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).SetKeepAlive(30 * time.Second).
+		SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) { msgs <- m.Topic() + " " + string(m.Payload()) })
+	next := pahov3.NewClient(opts)
+	connected := next.Connect()
+	t.Cleanup(func() { next.Disconnect(0) })
+	select {
+	case <-pause.establishing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the resumption never reached OnSessionEstablish")
+	}
+	storageWait(t, pub.Publish("caught/t", 1, false, "m"), "publish") // caught: no successor registered yet
+	pause.establish <- struct{}{}
+
+	select {
+	case <-pause.encoding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the caught message was not delivered")
+	}
+	if !connected.WaitTimeout(5*time.Second) || connected.Error() != nil {
+		t.Fatalf("no CONNACK while a caught message was being delivered (err %v)", connected.Error())
+	}
+	releaseAll()
+	select {
+	case m := <-msgs:
+		if m != "caught/t m" {
+			t.Fatalf("got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the caught message never arrived")
+	}
+}
+
+// handoverPauseHook stops one resumption of client id in
+// OnSessionEstablish, and the encoding of a PUBLISH on topic to it.
+type handoverPauseHook struct {
+	mqtt.HookBase
+	id, topic    string
+	armed        atomic.Bool
+	establishing chan struct{} // closed when the resumption is stopped
+	establish    chan struct{} // lets it go on
+	encoding     chan struct{} // a PUBLISH on topic is being encoded
+	encode       chan struct{} // closed: lets it go on
+}
+
+func (h *handoverPauseHook) ID() string { return "test-handover-pause" }
+
+func (h *handoverPauseHook) Provides(b byte) bool {
+	return b == mqtt.OnSessionEstablish || b == mqtt.OnPacketEncode
+}
+
+func (h *handoverPauseHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if cl.ID == h.id && h.armed.CompareAndSwap(true, false) {
+		close(h.establishing)
+		<-h.establish
+	}
+}
+
+func (h *handoverPauseHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.ID == h.id && pk.FixedHeader.Type == packets.Publish && pk.TopicName == h.topic {
+		select {
+		case h.encoding <- struct{}{}:
+		default:
+		}
+		<-h.encode
+	}
+	return pk
 }

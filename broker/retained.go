@@ -159,8 +159,10 @@ func (h *retainedHook) feed(cl *mqtt.Client, cc *clientConn, sub packets.Subscri
 			out.Properties.SubscriptionIdentifier = []int{sub.Identifier}
 		}
 		cc.awaitRoomPatiently()
-		if out.FixedHeader.Qos > 0 && !h.b.track(cl, cc, &out) {
-			continue
+		if out.FixedHeader.Qos > 0 {
+			if ok, _ := h.b.track(cl, cc, &out, true); !ok {
+				continue
+			}
 		}
 		if err := cl.WritePacket(out); err != nil {
 			return

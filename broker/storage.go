@@ -198,6 +198,16 @@ func (h *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64,
 	}
 }
 
+// tracked writes a message the broker queued for cl itself (flow.go track).
+// Unlike OnQosPublish it writes even when cl has been handed over since the
+// message was queued: mochi then copied the message into the successor's
+// session under the same client id and packet identifier, the same key.
+func (h *boltStore) tracked(cl *mqtt.Client, pk packets.Packet) {
+	if h.keep(cl) {
+		h.Hook.OnQosPublish(cl, pk, pk.Created, 0)
+	}
+}
+
 func (h *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if h.keep(cl) {
 		h.Hook.OnQosComplete(cl, pk)
