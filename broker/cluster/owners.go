@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/base64"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -22,11 +23,22 @@ import (
 // closed with reason 0x8E, Session taken over [MQTT-3.1.4-3], as a
 // takeover on one node does. The bucket orders concurrent claims: the last
 // one stays connected.
+//
+// A node's own claim takes a round trip to NATS after the session is
+// established here, and the watch delivers other nodes' claims whenever it
+// gets them: an earlier claim seen late, while this node's was still on its
+// way, closed the connection that had just replaced it. So a claim on its
+// way is pending, and the other nodes' claims seen meanwhile are decided
+// when its revision is known (settle).
 type owners struct {
 	mu   sync.Mutex
 	kv   jetstream.KeyValue
-	mine map[string]uint64 // client id → revision of this node's claim
+	mine map[string]uint64 // client id → revision of this node's claim, or claimPending
+	late map[string]uint64 // client id → latest other claim seen while this node's was pending
 }
+
+// claimPending marks a claim being written.
+const claimPending = math.MaxUint64
 
 func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -46,7 +58,7 @@ func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) erro
 	o.mu.Lock()
 	o.kv = kv
 	if o.mine == nil {
-		o.mine = make(map[string]uint64)
+		o.mine, o.late = make(map[string]uint64), make(map[string]uint64)
 	}
 	o.mu.Unlock()
 	go o.watch(h, w)
@@ -62,6 +74,9 @@ func (o *owners) claim(h *Hook, cl *mqtt.Client) (prev string) {
 	if kv == nil || !h.Connected() {
 		return ""
 	}
+	o.mu.Lock()
+	o.mine[cl.ID] = claimPending
+	o.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	key := ownerKey(cl.ID)
@@ -71,12 +86,54 @@ func (o *owners) claim(h *Hook, cl *mqtt.Client) (prev string) {
 	rev, err := kv.Put(ctx, key, []byte(h.src))
 	if err != nil {
 		h.warn.do(func() { h.log.Warn("mqtt cluster: cannot record the session's node", "client", cl.ID, "error", err) })
-		return prev
+		rev = 0
 	}
-	o.mu.Lock()
-	o.mine[cl.ID] = rev
-	o.mu.Unlock()
+	if o.settle(cl.ID, rev) {
+		go o.takeOver(h, cl.ID, "") // not in the client's own hook
+	}
 	return prev
+}
+
+// settle records this node's claim of client id at revision rev (0: not
+// written); it reports whether another node claimed the id later, while
+// this claim was pending.
+func (o *owners) settle(id string, rev uint64) (takenOver bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	late := o.late[id]
+	delete(o.late, id)
+	switch cur, ok := o.mine[id]; {
+	case !ok:
+		return false // released meanwhile: the connection is gone
+	case cur != claimPending:
+		// Another connection of the id here claimed it at the same time
+		// and settled first.
+		o.mine[id] = max(cur, rev)
+		return false
+	}
+	if rev == 0 || late > rev {
+		delete(o.mine, id)
+		return late > rev
+	}
+	o.mine[id] = rev
+	return false
+}
+
+// other decides on another node's claim of client id at revision rev: it
+// reports whether this node's connection of the id is taken over.
+func (o *owners) other(id string, rev uint64) (takenOver bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	mine, ok := o.mine[id]
+	switch {
+	case ok && mine == claimPending:
+		o.late[id] = max(o.late[id], rev)
+		return false
+	case ok && mine > rev:
+		return false // an older claim, seen late
+	}
+	delete(o.mine, id)
+	return true
 }
 
 // release forgets cl's claim once no session of its id is left here.
@@ -99,27 +156,27 @@ func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
 		if err != nil {
 			continue
 		}
-		o.mu.Lock()
-		rev, ok := o.mine[string(id)]
-		if ok && rev > e.Revision() {
-			o.mu.Unlock()
-			continue // an older claim, seen late
+		if o.other(string(id), e.Revision()) {
+			o.takeOver(h, string(id), string(e.Value()))
 		}
-		delete(o.mine, string(id))
-		o.mu.Unlock()
-		cl, ok := h.srv.Clients.Get(string(id))
-		if !ok || cl.Closed() || cl.Net.Inline {
-			continue
-		}
-		h.log.Info("mqtt cluster: session taken over on another node", "client", cl.ID, "node", string(e.Value()))
-		// The session goes with the client (sessions.go).
-		h.ho.setMoved(cl.ID)
-		h.leave(cl)
-		if cl.Properties.ProtocolVersion >= 5 {
-			_ = h.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
-		} else {
-			cl.Stop(packets.ErrSessionTakenOver)
-		}
+	}
+}
+
+// takeOver closes this node's connection of client id, claimed by another
+// node (node: the claim's value, "" when not known here).
+func (o *owners) takeOver(h *Hook, id, node string) {
+	cl, ok := h.srv.Clients.Get(id)
+	if !ok || cl.Closed() || cl.Net.Inline {
+		return
+	}
+	h.log.Info("mqtt cluster: session taken over on another node", "client", cl.ID, "node", node)
+	// The session goes with the client (sessions.go).
+	h.ho.setMoved(cl.ID)
+	h.leave(cl)
+	if cl.Properties.ProtocolVersion >= 5 {
+		_ = h.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
+	} else {
+		cl.Stop(packets.ErrSessionTakenOver)
 	}
 }
 
@@ -134,8 +191,8 @@ func (o *owners) bucket() jetstream.KeyValue {
 func (o *owners) owns(id string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	_, ok := o.mine[id]
-	return ok
+	rev, ok := o.mine[id]
+	return ok && rev != claimPending
 }
 
 // ownerKey is a client id's key in the sessions bucket; subsKey the key
