@@ -17,7 +17,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -222,13 +221,10 @@ func New(opts Options, policy Policy) (*Broker, error) {
 			return nil, err
 		}
 	}
-	// mochi's Close only disconnects clients of registered listeners, so each
-	// door is a listener that accepts nothing by itself.
-	for _, d := range Doors {
-		if err := b.srv.AddListener(&doorListener{id: string(d)}); err != nil {
-			return nil, err
-		}
-	}
+	// No mochi listeners: the doors hand connections to Serve, and Shutdown
+	// disconnects every client itself before mochi's Close, which for a
+	// registered listener calls Clients.GetByListener, which can deadlock
+	// (MOCHI.md row 35).
 	if err := b.srv.Serve(); err != nil {
 		_ = b.srv.Close() // releases the storage file
 		return nil, fmt.Errorf("starting mqtt broker: %w", err)
@@ -522,14 +518,3 @@ func (c *clientConn) RemoteAddr() net.Addr {
 	}
 	return c.Conn.RemoteAddr()
 }
-
-// doorListener is a mochi listener that accepts nothing; it exists so that
-// mochi's Close disconnects the clients of its door.
-type doorListener struct{ id string }
-
-func (l *doorListener) Init(*slog.Logger) error              { return nil }
-func (l *doorListener) Serve(listeners.EstablishFn)          {}
-func (l *doorListener) ID() string                           { return l.id }
-func (l *doorListener) Address() string                      { return "caddy:" + l.id }
-func (l *doorListener) Protocol() string                     { return l.id }
-func (l *doorListener) Close(closeClients listeners.CloseFn) { closeClients(l.id) }

@@ -143,6 +143,17 @@ func TestInlineClientIDRefused(t *testing.T) {
 	}
 }
 
+// TestNoMochiListeners: mochi's Close calls Clients.GetByListener for every
+// registered listener, which can deadlock with a client leaving (MOCHI.md
+// row 35). The broker registers none; Shutdown disconnects every client
+// itself (TestShutdown).
+func TestNoMochiListeners(t *testing.T) {
+	b := newBroker(t, Options{}, AnonymousPolicy{Allow: true})
+	if n := b.Server().Listeners.Len(); n != 0 {
+		t.Fatalf("%d mochi listeners registered", n)
+	}
+}
+
 func TestShutdown(t *testing.T) {
 	tb := newTestBroker(t, Options{ConnectTimeout: time.Minute}, AnonymousPolicy{Allow: true})
 	c, disc, _, err := tb.connect(t, "v5")

@@ -98,7 +98,7 @@ func TestMochiCanaryDefaults(t *testing.T) {
 	<-done
 }
 
-// Canary for broker.go (doorListener): mochi's Close disconnects only the
+// Canary for broker.go (Broker.shutdown): mochi's Close disconnects only the
 // clients of listeners it has registered, not those handed to
 // EstablishConnection under another name, and then waits until every
 // client has left.
@@ -124,7 +124,7 @@ func TestMochiCanaryCloseOnlyRegisteredListeners(t *testing.T) {
 	closed := make(chan struct{})
 	go func() { _ = srv.Close(); close(closed) }()
 	if w.closed(500 * time.Millisecond) {
-		t.Fatal("mochi's Close now disconnects clients of unregistered listeners: review doorListener in broker.go (MOCHI.md row 14)")
+		t.Fatal("mochi's Close now disconnects clients of unregistered listeners: review Broker.shutdown in broker.go (MOCHI.md row 14)")
 	}
 	select {
 	case <-closed:
@@ -261,4 +261,57 @@ func TestMochiCanaryMQTT3RefusedPublishCloses(t *testing.T) {
 	if !w.closed(3 * time.Second) {
 		t.Fatal("mochi now keeps an MQTT 3 connection whose QoS 1 publish is refused: review publishcheck.go (MOCHI.md row 23)")
 	}
+}
+
+// Canary for broker.go (the doors are no mochi listeners): mochi's
+// Clients.GetByListener takes the client list's read lock and then, in Len,
+// takes it again. A Delete (a client leaving) that waits for the write lock
+// between the two blocks the second, and from then on every user of the
+// client list. mochi's Close calls GetByListener for every registered
+// listener: a canary here once hung CI for 13 minutes so.
+func TestMochiCanaryGetByListenerDeadlocks(t *testing.T) {
+	clients := mqtt.NewClients()
+	cl := &mqtt.Client{ID: "canary"}
+	var reads atomic.Int64
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			clients.GetByListener("t")
+			reads.Add(1)
+		}
+	}()
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			clients.Add(cl)
+			clients.Delete(cl.ID)
+		}
+	}()
+	for last, deadline := int64(-1), time.Now().Add(10*time.Second); time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
+		n := reads.Load()
+		if n != last {
+			last = n
+			continue
+		}
+		// No progress: deadlocked if the list cannot even be read.
+		read := make(chan struct{})
+		go func() { clients.Len(); close(read) }()
+		select {
+		case <-read:
+		case <-time.After(time.Second):
+			return // still deadlocks (these goroutines stay blocked)
+		}
+	}
+	t.Fatal("mochi's Clients.GetByListener no longer deadlocks with a concurrent Delete: the doors could be mochi listeners again (MOCHI.md row 35)")
 }

@@ -42,9 +42,6 @@ func bareMochiWith(t *testing.T, configure func(*mqtt.Options), hooks ...mqtt.Ho
 			t.Fatal(err)
 		}
 	}
-	if err := srv.AddListener(&doorListener{id: "t"}); err != nil {
-		t.Fatal(err)
-	}
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
@@ -52,16 +49,40 @@ func bareMochiWith(t *testing.T, configure func(*mqtt.Options), hooks ...mqtt.Ho
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
+	// As Broker.Shutdown does: the connections end before mochi's Close,
+	// which waits for them (MOCHI.md rows 14 and 35).
+	var (
+		mu      sync.Mutex
+		conns   []net.Conn
+		closed  bool
+		serving sync.WaitGroup
+	)
+	serving.Go(func() {
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() { _ = srv.EstablishConnection("t", conn); conn.Close() }()
+			mu.Lock()
+			conns = append(conns, conn)
+			if closed {
+				conn.Close()
+			}
+			mu.Unlock()
+			serving.Go(func() { _ = srv.EstablishConnection("t", conn); conn.Close() })
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); _ = srv.Close() })
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		serving.Wait()
+		_ = srv.Close()
+	})
 	return srv, ln.Addr().String()
 }
 
