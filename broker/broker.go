@@ -407,15 +407,55 @@ func (b *Broker) shutdown(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 
-	// Connections that never sent CONNECT are unknown to mochi.
-	b.closeConns(func(cc *clientConn) bool { return !cc.established.Load() })
-	// In parallel, so that a stalled client's blocked write does not make
-	// the others miss the deadline.
+	// A client that passed OnConnect's closing check before closing was set
+	// may register with mochi at any time until its Serve returns: look
+	// again every shutdownSweep, each client once, instead of leaving it to
+	// the deadline.
+	done := make(chan struct{})
+	go func() { b.serving.Wait(); close(done) }()
+	swept := make(map[*mqtt.Client]bool)
 	var disconnecting sync.WaitGroup
+	tick := time.NewTicker(shutdownSweep)
+	defer tick.Stop()
+	var err error
+sweeping:
+	for {
+		b.sweep(swept, &disconnecting)
+		select {
+		case <-done:
+			break sweeping
+		case <-tick.C:
+		case <-ctx.Done():
+			err = fmt.Errorf("mqtt: closing remaining connections: %w", ctx.Err())
+			b.closeConns(func(*clientConn) bool { return true })
+			<-done
+			break sweeping
+		}
+	}
+	disconnecting.Wait()
+	// No Serve is running any more, so mochi's own wait group is idle and
+	// Close only stops listeners, hooks and storage.
+	if cerr := b.srv.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// shutdownSweep is how often shutdown looks for clients that registered
+// with mochi after it began.
+const shutdownSweep = 50 * time.Millisecond
+
+// sweep closes the connections that have not sent CONNECT (mochi does not
+// know them) and disconnects every registered client not in swept, adding
+// it there. In parallel, so that a stalled client's blocked write does not
+// make the others miss the deadline.
+func (b *Broker) sweep(swept map[*mqtt.Client]bool, disconnecting *sync.WaitGroup) {
+	b.closeConns(func(cc *clientConn) bool { return !cc.established.Load() })
 	for _, cl := range b.srv.Clients.GetAll() {
-		if cl.Net.Inline || cl.Closed() {
+		if swept[cl] || cl.Net.Inline || cl.Closed() {
 			continue
 		}
+		swept[cl] = true
 		disconnecting.Go(func() {
 			if cl.Properties.ProtocolVersion >= 5 {
 				b.disconnect(cl, packets.ErrServerShuttingDown)
@@ -424,26 +464,6 @@ func (b *Broker) shutdown(ctx context.Context) error {
 			}
 		})
 	}
-	disconnecting.Wait()
-
-	done := make(chan struct{})
-	go func() { b.serving.Wait(); close(done) }()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		// A client that was between its CONNECT check and registration when
-		// the loop above ran: close whatever is left.
-		err = fmt.Errorf("mqtt: closing remaining connections: %w", ctx.Err())
-		b.closeConns(func(*clientConn) bool { return true })
-		<-done
-	}
-	// No Serve is running any more, so mochi's own wait group is idle and
-	// Close only stops listeners, hooks and storage.
-	if cerr := b.srv.Close(); cerr != nil && err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func (b *Broker) closeConns(which func(*clientConn) bool) {

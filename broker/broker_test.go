@@ -6,10 +6,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
 )
 
 // testBroker runs a broker whose tcp door is a real loopback listener.
@@ -202,5 +204,69 @@ func TestShutdown(t *testing.T) {
 	defer bconn.Close()
 	if err := tb.Serve(a, ConnInfo{Door: DoorTCP}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Serve after shutdown: %v, want ErrClosed", err)
+	}
+}
+
+// TestShutdownReachesLateClients: a client that passed OnConnect before
+// shutdown began and registers with mochi after shutdown's first look is
+// disconnected (0x8B) as soon as it registers, not left until the deadline.
+// Here a hook holds the client in OnSessionEstablish (established, not yet
+// registered) until shutdown has begun.
+func TestShutdownReachesLateClients(t *testing.T) {
+	pause := &pauseHook{id: "late", establishing: make(chan struct{}), establish: make(chan struct{})}
+	pause.armed.Store(true)
+	var release sync.Once
+	releaseIt := func() { release.Do(func() { close(pause.establish) }) }
+	defer releaseIt()
+	b := newBroker(t, Options{Hooks: []mqtt.Hook{pause}}, AnonymousPolicy{Allow: true})
+	tb := &testBroker{Broker: b, addr: serveDoor(t, b, ConnInfo{Door: DoorTCP})}
+
+	type result struct {
+		c    *paho.Client
+		disc chan *paho.Disconnect
+		err  error
+	}
+	connected := make(chan result, 1)
+	go func() {
+		c, disc, _, err := tb.connect(t, "late")
+		connected <- result{c, disc, err}
+	}()
+	select {
+	case <-pause.establishing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection never reached OnSessionEstablish")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	start := time.Now()
+	go func() { shut <- tb.Shutdown(ctx) }()
+	time.Sleep(3 * shutdownSweep) // shutdown has looked, and found nobody
+	releaseIt()
+
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown still waiting for a client that registered after it began")
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("shutdown took %v", took)
+	}
+	r := <-connected
+	if r.err != nil {
+		return // closed before its CONNACK: also not left behind
+	}
+	defer r.c.Disconnect(&paho.Disconnect{})
+	select {
+	case d := <-r.disc:
+		if d.ReasonCode != 0x8B {
+			t.Errorf("DISCONNECT reason %#x, want 0x8B", d.ReasonCode)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("late v5 client got no DISCONNECT")
 	}
 }

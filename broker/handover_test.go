@@ -145,7 +145,7 @@ func TestResumeWhilePublishingLosesNothing(t *testing.T) {
 // caught message's delivery, as a slow disk would, and the CONNACK must
 // arrive meanwhile; then the message.
 func TestCaughtMessagesDoNotHoldTheConnack(t *testing.T) {
-	pause := &handoverPauseHook{
+	pause := &pauseHook{
 		id: "caught", topic: "caught/t",
 		establishing: make(chan struct{}), establish: make(chan struct{}),
 		encoding: make(chan struct{}, 1), encode: make(chan struct{}),
@@ -202,9 +202,9 @@ func TestCaughtMessagesDoNotHoldTheConnack(t *testing.T) {
 	}
 }
 
-// handoverPauseHook stops one resumption of client id in
+// pauseHook stops one connection (or resumption) of client id in
 // OnSessionEstablish, and the encoding of a PUBLISH on topic to it.
-type handoverPauseHook struct {
+type pauseHook struct {
 	mqtt.HookBase
 	id, topic    string
 	armed        atomic.Bool
@@ -214,20 +214,20 @@ type handoverPauseHook struct {
 	encode       chan struct{} // closed: lets it go on
 }
 
-func (h *handoverPauseHook) ID() string { return "test-handover-pause" }
+func (h *pauseHook) ID() string { return "test-pause" }
 
-func (h *handoverPauseHook) Provides(b byte) bool {
+func (h *pauseHook) Provides(b byte) bool {
 	return b == mqtt.OnSessionEstablish || b == mqtt.OnPacketEncode
 }
 
-func (h *handoverPauseHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+func (h *pauseHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if cl.ID == h.id && h.armed.CompareAndSwap(true, false) {
 		close(h.establishing)
 		<-h.establish
 	}
 }
 
-func (h *handoverPauseHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *pauseHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if cl.ID == h.id && pk.FixedHeader.Type == packets.Publish && pk.TopicName == h.topic {
 		select {
 		case h.encoding <- struct{}{}:

@@ -207,8 +207,9 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	return true
 }
 
-// OnSessionEstablish marks the connection as known to mochi, which from now
-// on disconnects it itself at shutdown.
+// OnSessionEstablish marks the connection as about to be known to mochi:
+// from now on shutdown disconnects it through mochi's client list (see
+// Broker.sweep) instead of closing it.
 func (h *dispatchHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
 		cc.established.Store(true)
