@@ -275,28 +275,25 @@ func TestMochiCanaryGetByListenerDeadlocks(t *testing.T) {
 	var reads atomic.Int64
 	stop := make(chan struct{})
 	defer close(stop)
-	go func() {
+	// loop runs f until stop is closed.
+	loop := func(f func()) {
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			clients.GetByListener("t")
-			reads.Add(1)
+			f()
 		}
-	}()
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			clients.Add(cl)
-			clients.Delete(cl.ID)
-		}
-	}()
+	}
+	go loop(func() {
+		clients.GetByListener("t")
+		reads.Add(1)
+	})
+	go loop(func() {
+		clients.Add(cl)
+		clients.Delete(cl.ID)
+	})
 	for last, deadline := int64(-1), time.Now().Add(10*time.Second); time.Now().Before(deadline); {
 		time.Sleep(300 * time.Millisecond)
 		n := reads.Load()
