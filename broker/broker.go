@@ -434,7 +434,7 @@ sweeping:
 	}
 	disconnecting.Wait()
 	// No Serve is running any more, so mochi's own wait group is idle and
-	// Close only stops listeners, hooks and storage.
+	// Close only stops hooks and storage (it has no listeners, MOCHI.md row 35).
 	if cerr := b.srv.Close(); cerr != nil && err == nil {
 		err = cerr
 	}

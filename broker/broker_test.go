@@ -184,14 +184,7 @@ func TestShutdown(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("shutdown took %v", took)
 	}
-	select {
-	case d := <-disc:
-		if d.ReasonCode != 0x8B {
-			t.Errorf("DISCONNECT reason %#x, want 0x8B", d.ReasonCode)
-		}
-	case <-time.After(2 * time.Second):
-		t.Error("v5 client got no DISCONNECT")
-	}
+	wantShuttingDown(t, disc, "v5 client")
 	_ = silent.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := silent.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Errorf("pending connection: read %v, want EOF", err)
@@ -261,12 +254,19 @@ func TestShutdownReachesLateClients(t *testing.T) {
 		return // closed before its CONNACK: also not left behind
 	}
 	defer r.c.Disconnect(&paho.Disconnect{})
+	wantShuttingDown(t, r.disc, "late v5 client")
+}
+
+// wantShuttingDown expects a DISCONNECT with reason 0x8B (Server shutting
+// down) on disc within 2 seconds.
+func wantShuttingDown(t *testing.T, disc chan *paho.Disconnect, who string) {
+	t.Helper()
 	select {
-	case d := <-r.disc:
+	case d := <-disc:
 		if d.ReasonCode != 0x8B {
-			t.Errorf("DISCONNECT reason %#x, want 0x8B", d.ReasonCode)
+			t.Errorf("%s: DISCONNECT reason %#x, want 0x8B", who, d.ReasonCode)
 		}
 	case <-time.After(2 * time.Second):
-		t.Error("late v5 client got no DISCONNECT")
+		t.Errorf("%s got no DISCONNECT", who)
 	}
 }
