@@ -141,12 +141,12 @@ func (h *retainedHook) feed(cl *mqtt.Client, cc *clientConn, sub packets.Subscri
 			continue
 		}
 		expiry := m.Expiry
-		if wp, _, will, ok := packedWill(m); will {
+		if wp, _, will, ok := packedWill(&m); will {
 			// A will's expiry travels packed (will.go); mochi's is the
 			// time a delayed will was due.
 			expiry = 0
 			if ok {
-				expiry = willExpiry(m, wp, h.b.srv.Options.Capabilities.MaximumMessageExpiryInterval)
+				expiry = willExpiry(&m, &wp, h.b.srv.Options.Capabilities.MaximumMessageExpiryInterval)
 			}
 		}
 		if expiry > 0 && expiry <= time.Now().Unix() {

@@ -373,16 +373,16 @@ func (h *orderHook) endResend(cl *mqtt.Client) {
 
 // encode substitutes resent PUBLISH packets (those mochi marks DUP
 // while resuming a session) with the queue in order. Live messages carry no
-// DUP flag and pass through.
+// DUP flag and pass through, with no more than this small function on the
+// stack of mochi's writer (see willPropsHook.encode).
 func (h *orderHook) encode(cl *mqtt.Client, pk *packets.Packet) {
-	cc, ok := cl.Net.Conn.(*clientConn)
-	if !ok {
-		return
+	if cc, ok := cl.Net.Conn.(*clientConn); ok && pk.FixedHeader.Dup && cc.resend.armed.Load() {
+		h.substitute(cl, cc, pk)
 	}
+}
+
+func (h *orderHook) substitute(cl *mqtt.Client, cc *clientConn, pk *packets.Packet) {
 	r := &cc.resend
-	if !r.armed.Load() || !pk.FixedHeader.Dup {
-		return
-	}
 	r.Lock()
 	defer r.Unlock()
 	if !r.armed.Load() {
