@@ -3,13 +3,19 @@
 // the "mochi alone" column of docs/PERFORMANCE.md, beside caddy-mqtt (which
 // embeds the same mochi version) and mosquitto.
 //
-//	mochiserver --tcp 127.0.0.1:1883 --ws 127.0.0.1:1882
+//	mochiserver --tcp 127.0.0.1:1883 --ws 127.0.0.1:1882 [--pprof 127.0.0.1:6060]
+//
+// With --pprof it serves Go's profiles (/debug/pprof/) on that address, as
+// Caddy's admin endpoint does for caddy-mqtt, so the two can be profiled
+// under the same load.
 package main
 
 import (
 	"flag"
 	"log"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,7 +28,11 @@ import (
 func main() {
 	tcp := flag.String("tcp", "127.0.0.1:1883", "TCP listener address")
 	ws := flag.String("ws", "127.0.0.1:1882", "WebSocket listener address (any path)")
+	pprof := flag.String("pprof", "", "address to serve /debug/pprof/ on (none by default)")
 	flag.Parse()
+	if *pprof != "" {
+		go func() { log.Fatal(http.ListenAndServe(*pprof, nil)) }()
+	}
 
 	// Tens of thousands of idle connections need more than the default
 	// soft limit of open files.
