@@ -152,6 +152,16 @@ func (p *AuthPolicy) Authorize(c *Client, topic string, access Access) bool {
 	return false
 }
 
+// ReadsAnyTopic implements AnyTopicReader: true when no ACL applies to c.
+// Authorize's read check then only requires a valid topic name, which every
+// topic a message is published on has: a client's publish passed
+// CanPublish, and the broker's own ($SYS, wills, retained messages, other
+// nodes' messages) were checked where they began.
+func (p *AuthPolicy) ReadsAnyTopic(c *Client) bool {
+	_, acl, ok := p.rules(c)
+	return ok && acl == nil
+}
+
 // NeedsPasswordCheck implements PasswordChecker: only a client with a
 // username and a password, not known by its certificate, on a door with a
 // password source, costs a hash computation.

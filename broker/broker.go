@@ -496,6 +496,7 @@ type clientConn struct {
 	established atomic.Bool
 	unlockID    func() // see takeover.go
 	subscribing subscribing
+	reads       readGate // readgate.go
 
 	writeQueue                          // writer.go; its wmu also guards flowState and room
 	flowState                           // flow.go

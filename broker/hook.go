@@ -193,7 +193,7 @@ func (h *dispatchHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 	case strings.ContainsAny(topic, "+#"):
 		return h.b.Policy().Authorize(c, topic, AccessSubscribe)
 	}
-	if !h.b.Policy().Authorize(c, topic, AccessRead) {
+	if !cc.mayRead(c, topic) { // readgate.go
 		return false
 	}
 	// A disconnected persistent session queues at most max_queued_messages

@@ -114,6 +114,9 @@ func (AnonymousPolicy) Authorize(_ *Client, topic string, access Access) bool {
 	return !(access == AccessPublish && IsSysTopic(topic))
 }
 
+// ReadsAnyTopic implements AnyTopicReader: reading is never restricted.
+func (AnonymousPolicy) ReadsAnyTopic(*Client) bool { return true }
+
 // IsSysTopic reports whether topic is in the broker's own $SYS tree, which
 // clients may read but never write.
 func IsSysTopic(topic string) bool {

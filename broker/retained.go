@@ -137,7 +137,7 @@ func (h *retainedHook) feed(cl *mqtt.Client, cc *clientConn, sub packets.Subscri
 			return
 		}
 		c := cc.client.Load()
-		if c == nil || !h.b.Policy().Authorize(c, m.TopicName, AccessRead) {
+		if c == nil || !cc.mayRead(c, m.TopicName) {
 			continue
 		}
 		expiry := m.Expiry

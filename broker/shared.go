@@ -119,5 +119,5 @@ func (b *Broker) mayRead(cl *mqtt.Client, topic string) bool {
 		return b.Policy().Authorize(c, topic, AccessRead)
 	}
 	c := cc.client.Load()
-	return c != nil && b.Policy().Authorize(c, topic, AccessRead)
+	return c != nil && cc.mayRead(c, topic)
 }

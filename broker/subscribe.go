@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -13,6 +14,9 @@ import (
 // subscription from the one for a delivery (mochi passes both as a read),
 // and counts the client's subscriptions against max_subscriptions.
 type subscribing struct {
+	// active is set while a SUBSCRIBE is processed, so that the check of
+	// every delivery (has) takes no lock the rest of the time.
+	active  atomic.Bool
 	mu      sync.Mutex
 	filters map[string]bool // filter of this SUBSCRIBE -> not held yet
 	held    int             // subscriptions held, counting those granted so far
@@ -22,11 +26,15 @@ type subscribing struct {
 func (s *subscribing) begin(filters map[string]bool, held, max int) {
 	s.mu.Lock()
 	s.filters, s.held, s.max = filters, held, max
+	s.active.Store(filters != nil)
 	s.mu.Unlock()
 }
 
 // has reports whether filter belongs to the SUBSCRIBE being processed.
 func (s *subscribing) has(filter string) bool {
+	if !s.active.Load() {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.filters[filter]
