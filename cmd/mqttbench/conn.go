@@ -181,6 +181,44 @@ func (c *mqttConn) subscribe(topic string, qos byte, timeout time.Duration) erro
 	}
 }
 
+// exercise subscribes to topic with QoS 1, publishes one QoS 1 message to
+// it and acknowledges its delivery: what a device does before it goes quiet
+// (idle --active). A broker may keep more per connection once it has been
+// through its subscribe and publish paths than after CONNECT alone.
+func (c *mqttConn) exercise(topic string, timeout time.Duration) error {
+	if err := c.subscribe(topic, 1, timeout); err != nil {
+		return err
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	const payload = "active"
+	if _, err := c.Write(append(appendPublishHeader(nil, topic, 1, 2, len(payload)), payload...)); err != nil {
+		return err
+	}
+	for acked, delivered := false, false; !acked || !delivered; {
+		h, body, err := readPacket(c.r, &c.rbuf, maxPacket)
+		if err != nil {
+			return fmt.Errorf("waiting for the PUBACK and the delivery: %w", err)
+		}
+		switch h >> 4 {
+		case pktPuback:
+			acked = true
+		case pktPublish:
+			qos, pid, _, err := parsePublish(h, body)
+			if err != nil {
+				return err
+			}
+			if qos > 0 {
+				if _, err := c.Write(appendAck(nil, pktPuback, pid)); err != nil {
+					return err
+				}
+			}
+			delivered = true
+		}
+	}
+	return nil
+}
+
 // closeHard closes without TIME_WAIT on our side for TCP, so that tens of
 // thousands of short connections do not exhaust loopback ports.
 func closeHard(c net.Conn) {

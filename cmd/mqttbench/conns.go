@@ -16,9 +16,11 @@ type idleResult struct {
 	err                 error
 }
 
-// runIdle opens n connections (CONNECT/CONNACK, keep-alive off), waits for
-// the broker's RSS to settle, reads it, and closes them all.
-func runIdle(ctx context.Context, t *target, n, conc int, connTO, settle, hold time.Duration, runID string) idleResult {
+// runIdle opens n connections (CONNECT/CONNACK, keep-alive off; with
+// active, each then subscribes, publishes and acknowledges one message, see
+// exercise), waits for the broker's RSS to settle, reads it, and closes them
+// all.
+func runIdle(ctx context.Context, t *target, n, conc int, active bool, connTO, settle, hold time.Duration, runID string) idleResult {
 	var res idleResult
 	if brokerPID <= 0 {
 		res.err = fmt.Errorf("idle needs --pid of the broker")
@@ -51,6 +53,11 @@ func runIdle(ctx context.Context, t *target, n, conc int, connTO, settle, hold t
 					return
 				}
 				c, err := t.connect(ctx, fmt.Sprintf("mb-%s-i%d", runID, i), connTO)
+				if err == nil && active {
+					if err = c.exercise(fmt.Sprintf("mb/%s/i%d", runID, i), connTO); err != nil {
+						closeHard(c)
+					}
+				}
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {

@@ -74,6 +74,7 @@ type options struct {
 	rate                    float64
 	window, inflight, batch int
 	conns, conc             int
+	active                  bool
 	settle, hold            time.Duration
 	pid                     int
 	json                    bool
@@ -102,6 +103,7 @@ func main() {
 	fs.IntVar(&o.conns, "conns", 1000, "connections (idle, connect)")
 	fs.IntVar(&o.conc, "concurrency", 16, "connections opened at once (idle, connect)")
 	fs.DurationVar(&o.settle, "settle", 10*time.Second, "idle: time for the broker's RSS to settle at most")
+	fs.BoolVar(&o.active, "active", false, "idle: each connection first subscribes, publishes one QoS 1 message to itself and acknowledges it, as a device does")
 	fs.DurationVar(&o.hold, "hold", 0, "idle: keep the connections open this long after measuring (to profile the broker)")
 	fs.IntVar(&o.pid, "pid", 0, "broker process: its CPU (and RSS for idle) is reported")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON")
@@ -202,7 +204,7 @@ func run(ctx context.Context, o options) (*Result, error) {
 		if o.conns > 19000 {
 			return nil, fmt.Errorf("at most 19000 connections")
 		}
-		ir := runIdle(ctx, t, o.conns, o.conc, o.connTO, o.settle, o.hold, runID)
+		ir := runIdle(ctx, t, o.conns, o.conc, o.active, o.connTO, o.settle, o.hold, runID)
 		res.Conns = ir.opened
 		res.RSSBeforeKB, res.RSSAfterKB = ir.rssBefore, ir.rssAfter
 		if ir.opened > 0 {

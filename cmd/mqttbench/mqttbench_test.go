@@ -155,6 +155,8 @@ func TestScenariosCount(t *testing.T) {
 		{"fanin ssl", func(o *options) { o.url, o.scenario, o.pubs, o.count = sslURL, "fanin", 30, 5 }},
 		{"idle tcp", func(o *options) { o.url, o.scenario, o.conns = tcpURL, "idle", 40 }},
 		{"idle wss", func(o *options) { o.url, o.scenario, o.conns = wssURL, "idle", 20 }},
+		{"idle active tcp", func(o *options) { o.url, o.scenario, o.conns, o.active = tcpURL, "idle", 40, true }},
+		{"idle active ws", func(o *options) { o.url, o.scenario, o.conns, o.active = wsURL, "idle", 20, true }},
 		{"connect ssl", func(o *options) { o.url, o.scenario, o.conns = sslURL, "connect", 30 }},
 	}
 	for _, tt := range tests {

@@ -68,6 +68,14 @@ func cases(mode string) []benchCase {
 			Once: n > 10000,
 			Args: []string{"--scenario=idle", fmt.Sprintf("--conns=%d", n), "--concurrency=32"}}
 	}
+	// A device subscribes and publishes before it idles; a broker may keep
+	// more for it than for a connection that only sent CONNECT.
+	activeCase := func(door string, n int) benchCase {
+		c := idleCase(door, n)
+		c.Name = fmt.Sprintf("idle %s connection after a subscribe and a publish (%dk)", strings.ToUpper(door), n/1000)
+		c.Args = append(c.Args, "--active")
+		return c
+	}
 	conn := func(name, door, n string) benchCase {
 		return benchCase{Name: name, Door: door, Metric: "conns_per_sec",
 			Args: []string{"--scenario=connect", "--conns=" + n, "--concurrency=8", "--duration=20s"}}
@@ -109,6 +117,7 @@ func cases(mode string) []benchCase {
 			cs = append(cs, idleCase(door, n))
 		}
 	}
+	cs = append(cs, activeCase("tcp", idle[0]))
 	return cs
 }
 
