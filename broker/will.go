@@ -119,9 +119,6 @@ func willExpiry(pk *packets.Packet, wp *packets.Properties, maxLife int64) int64
 // Message Expiry Interval (it travels packed), and expires only packets
 // marked MQTT 5.
 func (h *willPropsHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if !isPackedWill(&pk) {
-		return
-	}
 	wp, _, _, ok := packedWill(&pk)
 	if !ok {
 		return
@@ -156,11 +153,10 @@ func (h *willPropsHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	}
 }
 
+// unpack is encode's work for a will (isPackedWill).
 func (h *willPropsHook) unpack(pk *packets.Packet) {
-	wp, user, will, ok := packedWill(pk)
-	if will {
-		pk.Properties.User = user
-	}
+	wp, user, _, ok := packedWill(pk)
+	pk.Properties.User = user
 	if !ok {
 		return
 	}
