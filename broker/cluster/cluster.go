@@ -436,10 +436,10 @@ func (h *Hook) OnStarted() { h.qs.setStarted(h) }
 
 // OnSubscribed records a persistent session's subscriptions for the
 // other nodes (sessions.go).
-func (h *Hook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) { h.recordSubs(cl) }
+func (h *Hook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) { h.recordSubsNow(cl) }
 
 func (h *Hook) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
-	h.recordSubs(cl)
+	h.recordSubsNow(cl)
 	h.reconcileSoon()
 }
 

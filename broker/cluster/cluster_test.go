@@ -688,6 +688,26 @@ func TestSessionOfDeadNode(t *testing.T) {
 	second.waitPayloads(t, 15*time.Second, "after")
 }
 
+// TestSubscribeDuringAdoption: a SUBSCRIBE acknowledged while the node is
+// still finding out whether another node left the session (held here for
+// half a second) is already in the session's record, so the node that takes
+// the session over after this one died restores it.
+func TestSubscribeDuringAdoption(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	cluster.HoldAdoptions(nodes[0].hook, 500*time.Millisecond)
+	pub := connect(t, nodes[2], "pub")
+	first := connect(t, nodes[0], "device-11", persistentSession)
+	first.subscribe(t, 1, "cmd/11/+")
+	_ = nodes[0].hook.Stop() // node 1 dies right after the SUBACK
+	var want []string
+	for i := range 5 {
+		want = append(want, fmt.Sprintf("while-down-%d", i))
+		pub.publish(t, &paho.Publish{Topic: "cmd/11/y", QoS: 1, Payload: []byte(want[i])})
+	}
+	second := connect(t, nodes[1], "device-11", persistentSession)
+	second.waitPayloads(t, 20*time.Second, want...)
+}
+
 // TestSessionRecordForgotten: the subscriptions a persistent session
 // records in the sessions bucket (for a node that takes it over) are
 // deleted when the session expires.

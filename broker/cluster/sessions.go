@@ -8,6 +8,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-mqtt/caddy-mqtt/broker/internal/keylock"
@@ -47,10 +48,12 @@ import (
 // may come twice.
 type handoff struct {
 	mu       sync.Mutex
-	moved    map[string]bool // client ids handed to another node (takeover seen)
-	adopting map[string]int  // client ids whose session is being taken from another node
-	leaving  keylock.Locks   // one leave at a time per client id
-	records  keylock.Locks   // one record write at a time per client id
+	moved    map[string]bool      // client ids handed to another node (takeover seen)
+	adopting map[string]*adoption // client ids whose session is being taken from another node
+	leaving  keylock.Locks        // one leave at a time per client id
+	records  keylock.Locks        // one record write at a time per client id
+
+	hold atomic.Int64 // tests: how long (ns) an adoption waits before it starts
 }
 
 // lockLeave serializes leave per client id: a leave still running when
@@ -58,24 +61,49 @@ type handoff struct {
 // that node has taken and deleted it.
 func (ho *handoff) lockLeave(id string) (unlock func()) { return ho.leaving.Lock(id) }
 
+// adoption counts the adoptions of one client id in progress (one per
+// connection of the id here); done is closed when the last one ends.
+type adoption struct {
+	n    int
+	done chan struct{}
+}
+
 // adopting marks id while its session is taken over (d=1, then d=-1): its
 // record in the bucket is the old node's until then.
 func (ho *handoff) setAdopting(id string, d int) {
 	ho.mu.Lock()
 	defer ho.mu.Unlock()
 	if ho.adopting == nil {
-		ho.adopting = make(map[string]int)
+		ho.adopting = make(map[string]*adoption)
 	}
-	if ho.adopting[id] += d; ho.adopting[id] <= 0 {
+	a := ho.adopting[id]
+	if a == nil {
+		a = &adoption{done: make(chan struct{})}
+		ho.adopting[id] = a
+	}
+	if a.n += d; a.n <= 0 {
 		delete(ho.adopting, id)
+		close(a.done)
 	}
 }
 
 func (ho *handoff) isAdopting(id string) bool {
 	ho.mu.Lock()
 	defer ho.mu.Unlock()
-	return ho.adopting[id] > 0
+	return ho.adopting[id] != nil
 }
+
+// adopted is closed once no adoption of id is in progress.
+func (ho *handoff) adopted(id string) <-chan struct{} {
+	ho.mu.Lock()
+	defer ho.mu.Unlock()
+	if a := ho.adopting[id]; a != nil {
+		return a.done
+	}
+	return closed
+}
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func (ho *handoff) setMoved(id string) {
 	ho.mu.Lock()
@@ -124,6 +152,29 @@ type sessionRecord struct {
 	Src  string                 `json:"src"` // the process that owns the session
 	Subs []packets.Subscription `json:"subs"`
 }
+
+// recordSubsNow records cl's subscriptions after a SUBSCRIBE or
+// UNSUBSCRIBE, before mochi acknowledges it: a subscription acknowledged
+// is one a node taking the session over after this node died restores.
+// While the session is adopted from another node the record is still that
+// node's; it waits for the adoption (adoptWait at most) to restore the
+// old subscriptions first.
+func (h *Hook) recordSubsNow(cl *mqtt.Client) {
+	if !cl.Net.Inline && !cl.Closed() && persistent(cl) && h.ho.isAdopting(cl.ID) {
+		select {
+		case <-h.ho.adopted(cl.ID):
+		case <-time.After(adoptWait):
+			// The adoption records them when it ends.
+		case <-h.done:
+		}
+	}
+	h.recordSubs(cl)
+}
+
+// adoptWait bounds how long a SUBSCRIBE waits for its session's adoption
+// from another node, which asks that node (5 s) and then waits for it to
+// let go (10 s).
+const adoptWait = 15 * time.Second
 
 // recordSubs writes cl's subscriptions to the bucket, if this node owns
 // its persistent session.
@@ -288,18 +339,28 @@ func (h *Hook) orphan(js jetstream.JetStream, cl *mqtt.Client, prev string) jets
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	node, _, _ := strings.Cut(prev, "/")
 	e, err := kv.Get(ctx, subsKey(cl.ID))
+	var rec sessionRecord
+	if err == nil && json.Unmarshal(e.Value(), &rec) == nil && rec.Src != prev {
+		err = errors.New("the record is another node's")
+	}
 	if err != nil {
+		// Nothing to restore: the session had no subscription when
+		// its node died, or the record did not reach the bucket.
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			h.warn.do(func() {
+				h.log.Warn("mqtt cluster: cannot take over the session of a node that is down", "client", cl.ID, "node", node, "error", err)
+			})
+		}
 		return nil
 	}
-	var rec sessionRecord
-	if json.Unmarshal(e.Value(), &rec) != nil || rec.Src != prev || len(rec.Subs) == 0 {
+	if len(rec.Subs) == 0 {
 		return nil
 	}
 	// From the last message the dead node had taken: what it took since
 	// may not have reached the client.
 	start := e.Created()
-	node, _, _ := strings.Cut(prev, "/")
 	if c, err := js.Consumer(ctx, h.streamName(), h.nodeConsumer(node)); err == nil {
 		if floor := c.CachedInfo().AckFloor.Stream; floor > 0 {
 			if st, err := js.Stream(ctx, h.streamName()); err == nil {
@@ -327,10 +388,22 @@ func (h *Hook) orphan(js jetstream.JetStream, cl *mqtt.Client, prev string) jets
 // node left one; prev is the process that had claimed the client id
 // before (owners.claim). The caller has marked the client id adopting.
 func (h *Hook) adopt(cl *mqtt.Client, prev string) {
-	defer func() {
-		h.ho.setAdopting(cl.ID, -1)
-		h.recordSubs(cl) // the session's subscriptions are this node's now
-	}()
+	ended := false
+	end := func() {
+		if !ended {
+			ended = true
+			h.ho.setAdopting(cl.ID, -1)
+			h.recordSubs(cl) // the session's subscriptions are this node's now
+		}
+	}
+	defer end()
+	if d := time.Duration(h.ho.hold.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-h.done:
+			return
+		}
+	}
 	js := h.qs.ready()
 	if js == nil || !persistent(cl) {
 		return
@@ -402,6 +475,10 @@ func (h *Hook) adopt(cl *mqtt.Client, prev string) {
 		_ = h.qs.sync(h, false)
 	}
 	h.log.Info("mqtt cluster: persistent session moved here", "client", cl.ID, "from", meta[metaNode], "subscriptions", len(list))
+	// The subscriptions are complete: record them (and let a SUBSCRIBE
+	// waiting for them go on) before delivering what waited, which may
+	// take long.
+	end()
 	// Deliver what waited, to this client only. mochi asks
 	// OnSelectSubscribers, which picks the client, only for a topic with a
 	// shared subscription (MOCHI.md row 21): the sessioner holds one of its
