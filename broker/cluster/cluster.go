@@ -217,6 +217,11 @@ func (h *Hook) Init(config any) error {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			h.log.Info("mqtt cluster: NATS connection back", "node", h.cfg.Node, "server", nc.ConnectedUrlRedacted())
 			h.ret.reconnected(h, nc)
+			go h.ret.rewatch(h)
+			go func() {
+				h.own.rewatch(h) // first: it waits for JetStream, which the claims need
+				h.reclaim()
+			}()
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			h.log.Info("mqtt cluster: connected to NATS", "node", h.cfg.Node, "server", nc.ConnectedUrlRedacted())
@@ -464,11 +469,39 @@ func (h *Hook) OnClientExpired(cl *mqtt.Client) {
 }
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if !cl.Net.Inline {
-		h.ho.setAdopting(cl.ID, 1)
-		prev := h.own.claim(h, cl)
-		go h.adopt(cl, prev)
+		h.claimSession(cl)
 	}
 	h.reconcileSoon()
+}
+
+// claimSession claims cl's client id for this node and takes over what
+// another node left of its session (sessions.go).
+func (h *Hook) claimSession(cl *mqtt.Client) {
+	h.ho.setAdopting(cl.ID, 1)
+	prev := h.own.claim(h, cl)
+	go h.adopt(cl, prev)
+}
+
+// reclaim claims, once NATS is back, the client ids of the sessions that
+// connected here while it was away. Their claims could not be written, so
+// another node could neither close them when the client moved there, nor
+// hand them what the client's session had there, nor take them over if this
+// node died. The bucket orders them after every claim made before: the
+// last one stays connected, as with two connects at the same time.
+func (h *Hook) reclaim() {
+	if h.own.bucket() == nil || !h.Connected() {
+		return
+	}
+	n := 0
+	for _, cl := range h.srv.Clients.GetAll() {
+		if !cl.Net.Inline && !cl.Closed() && !h.own.known(cl.ID) {
+			h.claimSession(cl)
+			n++
+		}
+	}
+	if n > 0 {
+		h.log.Info("mqtt cluster: sessions that connected while NATS was away claimed", "node", h.cfg.Node, "sessions", n)
+	}
 }
 
 // want subscribes on NATS for filter if not yet; it reports whether it did.

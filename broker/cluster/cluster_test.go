@@ -708,6 +708,176 @@ func TestSubscribeDuringAdoption(t *testing.T) {
 	second.waitPayloads(t, 20*time.Second, want...)
 }
 
+// natsOutage stops the NATS server of a cluster until the nodes see it gone
+// and returns a function that starts it again and waits for them.
+func natsOutage(t *testing.T, ns *server.Server, dir string, nodes ...*node) (back func() *server.Server) {
+	t.Helper()
+	port := ns.Addr().(*net.TCPAddr).Port
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	waitNodes(t, false, nodes)
+	return func() *server.Server {
+		ns := startNATS(t, dir, port)
+		waitNodes(t, true, nodes)
+		return ns
+	}
+}
+
+func waitNodes(t *testing.T, connected bool, nodes []*node) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range nodes {
+		for n.hook.Connected() != connected {
+			if time.Now().After(deadline) {
+				t.Fatalf("nodes not connected=%v to NATS", connected)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// TestSessionDuringNATSOutage: a persistent session that connects and
+// subscribes while its node cannot reach NATS is claimed and recorded once
+// NATS is back, so another node takes it over when this one dies.
+func TestSessionDuringNATSOutage(t *testing.T) {
+	dir := t.TempDir()
+	ns := startNATS(t, dir, 0)
+	n1 := startNode(t, ns.ClientURL(), "n1")
+	n2 := startNode(t, ns.ClientURL(), "n2")
+	back := natsOutage(t, ns, dir, n1, n2)
+	dev := connect(t, n1, "device-12", persistentSession)
+	dev.subscribe(t, 1, "cmd/12/+")
+	waitRecord(t, back().ClientURL(), "device-12", "cmd/12/+")
+	_ = n1.hook.Stop() // node 1 dies
+	pub := connect(t, n2, "pub")
+	var want []string
+	for i := range 5 {
+		want = append(want, fmt.Sprintf("while-down-%d", i))
+		pub.publish(t, &paho.Publish{Topic: "cmd/12/y", QoS: 1, Payload: []byte(want[i])})
+	}
+	second := connect(t, n2, "device-12", persistentSession)
+	second.waitPayloads(t, 20*time.Second, want...)
+}
+
+// TestSessionMovedDuringNATSOutage: a client whose session was on node 2
+// connects to node 1 while NATS is away; once NATS is back node 1 claims
+// the client id and takes the session over from node 2, subscriptions
+// included. A connection of the client still open on node 2 (one that
+// went silent, say) is closed then: Session taken over.
+func TestSessionMovedDuringNATSOutage(t *testing.T) {
+	for _, leftOpen := range []bool{false, true} {
+		t.Run(fmt.Sprint("old connection open=", leftOpen), func(t *testing.T) {
+			dir := t.TempDir()
+			ns := startNATS(t, dir, 0)
+			n1 := startNode(t, ns.ClientURL(), "n1")
+			n2 := startNode(t, ns.ClientURL(), "n2")
+			first := connect(t, n2, "device-13", persistentSession)
+			first.subscribe(t, 1, "cmd/13/+")
+			back := natsOutage(t, ns, dir, n1, n2)
+			if !leftOpen {
+				_ = first.Disconnect(&paho.Disconnect{})
+			}
+			second := connect(t, n1, "device-13", persistentSession)
+			back()
+			if leftOpen {
+				select {
+				case d := <-first.disc:
+					if d.ReasonCode != 0x8E {
+						t.Fatalf("old connection closed with %#x, want 0x8E", d.ReasonCode)
+					}
+				case <-time.After(8 * time.Second):
+					// nats.go's watch alone noticed the restart after
+					// 10 to 20 s.
+					t.Fatal("the old connection on node 2 was not taken over")
+				}
+			}
+			pub := connect(t, n2, "pub")
+			deadline := time.Now().Add(20 * time.Second)
+			for i := 0; len(second.messages()) == 0; i++ {
+				if time.Now().After(deadline) {
+					t.Fatal("the session's subscription never reached node 1")
+				}
+				pub.publish(t, &paho.Publish{Topic: "cmd/13/x", QoS: 1, Payload: []byte(fmt.Sprint("after-", i))})
+				select {
+				case <-second.seen:
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			select {
+			case d := <-second.disc:
+				t.Fatalf("the new connection was closed: %#x", d.ReasonCode)
+			default:
+			}
+		})
+	}
+}
+
+// waitRecord waits until the sessions bucket records filter for client id.
+func waitRecord(t *testing.T, url, id, filter string) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, "mqtt_sessions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := base64.RawURLEncoding.EncodeToString([]byte(id)) + ".subs"
+	for {
+		if e, err := kv.Get(ctx, key); err == nil && strings.Contains(string(e.Value()), filter) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no record of %s's subscription %s", id, filter)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRetainedAfterNATSRestart: a retained message set on one node right
+// after NATS restarted reaches the other nodes at once, not when nats.go's
+// watch of the bucket notices the restart (10 to 20 s).
+func TestRetainedAfterNATSRestart(t *testing.T) {
+	dir := t.TempDir()
+	ns := startNATS(t, dir, 0)
+	n1 := startNode(t, ns.ClientURL(), "n1")
+	n2 := startNode(t, ns.ClientURL(), "n2")
+	p := connect(t, n2, "p")
+	retainedOn := func(n *node, payload string, d time.Duration) bool {
+		for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if pk, ok := n.b.Server().Topics.Retained.Get("state/a"); ok && string(pk.Payload) == payload {
+				return true
+			}
+		}
+		return false
+	}
+	p.publish(t, &paho.Publish{Topic: "state/a", QoS: 1, Retain: true, Payload: []byte("before")})
+	if !retainedOn(n1, "before", 15*time.Second) {
+		t.Fatal("retained message never reached node 1")
+	}
+	natsOutage(t, ns, dir, n1, n2)()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		// 0x89 until the node's JetStream is back
+		if r := p.publish(t, &paho.Publish{Topic: "state/a", QoS: 1, Retain: true, Payload: []byte("after")}); r.ReasonCode == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("retained publish refused after NATS came back")
+		}
+	}
+	if !retainedOn(n1, "after", 8*time.Second) {
+		t.Fatal("retained message set after the restart not on node 1 within 8 s")
+	}
+}
+
 // TestSessionRecordForgotten: the subscriptions a persistent session
 // records in the sessions bucket (for a node that takes it over) are
 // deleted when the session expires.

@@ -31,10 +31,13 @@ import (
 // way is pending, and the other nodes' claims seen meanwhile are decided
 // when its revision is known (settle).
 type owners struct {
-	mu   sync.Mutex
-	kv   jetstream.KeyValue
-	mine map[string]uint64 // client id → revision of this node's claim, or claimPending
-	late map[string]uint64 // client id → latest other claim seen while this node's was pending
+	mu      sync.Mutex
+	kv      jetstream.KeyValue
+	ctx     context.Context // the bucket's life
+	watcher jetstream.KeyWatcher
+	seen    uint64            // the bucket's latest revision seen by the watch
+	mine    map[string]uint64 // client id → revision of this node's claim, or claimPending
+	late    map[string]uint64 // client id → latest other claim seen while this node's was pending
 }
 
 // claimPending marks a claim being written.
@@ -56,13 +59,36 @@ func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) erro
 		return err
 	}
 	o.mu.Lock()
-	o.kv = kv
+	o.kv, o.ctx, o.watcher = kv, ctx, w
 	if o.mine == nil {
 		o.mine, o.late = make(map[string]uint64), make(map[string]uint64)
 	}
 	o.mu.Unlock()
 	go o.watch(h, w)
 	return nil
+}
+
+// rewatch replaces the watch once the connection to NATS is back
+// (resumeWatch), from the revision after the last one seen.
+func (o *owners) rewatch(h *Hook) {
+	o.mu.Lock()
+	kv, ctx, from := o.kv, o.ctx, o.seen+1
+	o.mu.Unlock()
+	if kv == nil {
+		return
+	}
+	w := resumeWatch(ctx, h, kv, from, true)
+	if w == nil {
+		return
+	}
+	o.mu.Lock()
+	old := o.watcher
+	o.watcher = w
+	o.mu.Unlock()
+	if old != nil {
+		_ = old.Stop()
+	}
+	go o.watch(h, w)
 }
 
 // claim records that cl's session is now on this node; it returns the
@@ -148,6 +174,11 @@ func (o *owners) release(h *Hook, cl *mqtt.Client) {
 
 func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
 	for e := range w.Updates() {
+		if e != nil {
+			o.mu.Lock()
+			o.seen = max(o.seen, e.Revision())
+			o.mu.Unlock()
+		}
 		if e == nil || e.Operation() != jetstream.KeyValuePut || string(e.Value()) == h.src ||
 			strings.Contains(e.Key(), ".") { // a session's subscriptions (sessions.go)
 			continue
@@ -178,6 +209,14 @@ func (o *owners) takeOver(h *Hook, id, node string) {
 	} else {
 		cl.Stop(packets.ErrSessionTakenOver)
 	}
+}
+
+// known reports whether this node has claimed client id, or is claiming it.
+func (o *owners) known(id string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, ok := o.mine[id]
+	return ok
 }
 
 // bucket is the sessions bucket, nil before it is open.

@@ -25,7 +25,10 @@ type retained struct {
 	kv       jetstream.KeyValue
 	starting bool
 	local    bool // the bucket cannot be had (no JetStream): retained stays per node
+	ctx      context.Context
 	cancel   context.CancelFunc
+	watcher  jetstream.KeyWatcher
+	seen     uint64 // the bucket's latest revision seen by the watch
 
 	loadOnce sync.Once
 	loaded   chan struct{}
@@ -79,13 +82,15 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 			var w jetstream.KeyWatcher
 			if w, err = kv.WatchAll(ctx); err == nil {
 				r.mu.Lock()
-				r.kv, r.cancel = kv, cancel
+				r.kv, r.ctx, r.cancel, r.watcher = kv, ctx, cancel, w
 				r.mu.Unlock()
 				// Before the watch, which ends Init's wait: a session
 				// established before the bucket is open would not be
 				// claimed.
 				if err := h.own.open(ctx, h, js); err != nil {
 					h.log.Error("mqtt cluster: no session takeover across nodes", "node", h.cfg.Node, "error", err)
+				} else {
+					go h.reclaim() // sessions of clients that came before NATS
 				}
 				go r.watch(h, w)
 				go h.qs.open(h)
@@ -107,8 +112,34 @@ func (r *retained) watch(h *Hook, w jetstream.KeyWatcher) {
 			r.loadOnce.Do(func() { close(r.loaded) })
 			continue
 		}
+		r.mu.Lock()
+		r.seen = max(r.seen, e.Revision())
+		r.mu.Unlock()
 		r.apply(h, e)
 	}
+}
+
+// rewatch replaces the watch once the connection to NATS is back
+// (resumeWatch), from the revision after the last one seen.
+func (r *retained) rewatch(h *Hook) {
+	r.mu.Lock()
+	kv, ctx, from := r.kv, r.ctx, r.seen+1
+	r.mu.Unlock()
+	if kv == nil {
+		return
+	}
+	w := resumeWatch(ctx, h, kv, from, false)
+	if w == nil {
+		return
+	}
+	r.mu.Lock()
+	old := r.watcher
+	r.watcher = w
+	r.mu.Unlock()
+	if old != nil {
+		_ = old.Stop()
+	}
+	go r.watch(h, w)
 }
 
 func (r *retained) apply(h *Hook, e jetstream.KeyValueEntry) {
