@@ -103,6 +103,8 @@ type Hook struct {
 	mu   sync.Mutex
 	subs map[string]*filterSub // by MQTT filter (shared ones with their $share/<group>/)
 
+	reclaiming sync.Mutex // one reclaim at a time: each claims a session once
+
 	dedup dedup // inject loop only
 	ret   retained
 	own   owners
@@ -489,6 +491,8 @@ func (h *Hook) claimSession(cl *mqtt.Client) {
 // node died. The bucket orders them after every claim made before: the
 // last one stays connected, as with two connects at the same time.
 func (h *Hook) reclaim() {
+	h.reclaiming.Lock()
+	defer h.reclaiming.Unlock()
 	if h.own.bucket() == nil || !h.Connected() {
 		return
 	}
