@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -107,11 +108,24 @@ func main() {
 	fs.DurationVar(&o.hold, "hold", 0, "idle: keep the connections open this long after measuring (to profile the broker)")
 	fs.IntVar(&o.pid, "pid", 0, "broker process: its CPU (and RSS for idle) is reported")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON")
+	cpuProfile := fs.String("cpuprofile", "", "write the generator's own CPU profile to this file")
 	fs.Parse(os.Args[1:])
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mqttbench:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+	}
 	res, err := run(ctx, o)
+	pprof.StopCPUProfile()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mqttbench:", err)
 		os.Exit(2)
