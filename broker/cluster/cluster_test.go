@@ -708,6 +708,25 @@ func TestSubscribeDuringAdoption(t *testing.T) {
 	second.waitPayloads(t, 20*time.Second, want...)
 }
 
+// TestSlowAdoptionKeepsTheClient: a SUBSCRIBE waits for the session's
+// adoption only for half the client's keepalive. The read deadline is one
+// and a half keepalives after the SUBSCRIBE was read: waiting longer ended
+// the connection at its next read.
+func TestSlowAdoptionKeepsTheClient(t *testing.T) {
+	nodes, _ := startCluster(t, 1)
+	cluster.HoldAdoptions(nodes[0].hook, 4*time.Second)
+	c := connect(t, nodes[0], "device-14", persistentSession, func(cp *paho.Connect) { cp.KeepAlive = 2 })
+	c.subscribe(t, 1, "cmd/14/+")
+	time.Sleep(4500 * time.Millisecond) // the adoption is over
+	c.publish(t, &paho.Publish{Topic: "cmd/14/x", QoS: 1, Payload: []byte("still here")})
+	c.waitPayloads(t, 10*time.Second, "still here")
+	select {
+	case d := <-c.disc:
+		t.Fatalf("disconnected: %#x", d.ReasonCode)
+	default:
+	}
+}
+
 // natsOutage stops the NATS server of a cluster until the nodes see it gone
 // and returns a function that starts it again and waits for them.
 func natsOutage(t *testing.T, ns *server.Server, dir string, nodes ...*node) (back func() *server.Server) {

@@ -157,13 +157,19 @@ type sessionRecord struct {
 // UNSUBSCRIBE, before mochi acknowledges it: a subscription acknowledged
 // is one a node taking the session over after this node died restores.
 // While the session is adopted from another node the record is still that
-// node's; it waits for the adoption (adoptWait at most) to restore the
-// old subscriptions first.
+// node's; it waits for the adoption (adoptWait, or half the keepalive, at
+// most) to restore the old subscriptions first.
 func (h *Hook) recordSubsNow(cl *mqtt.Client) {
 	if !cl.Net.Inline && !cl.Closed() && persistent(cl) && h.ho.isAdopting(cl.ID) {
+		wait := adoptWait
+		if ka := cl.State.Keepalive; ka > 0 {
+			// mochi reads on with a deadline of one and a half keepalives
+			// from the SUBSCRIBE: a longer wait would end the connection.
+			wait = min(wait, time.Duration(ka)*time.Second/2)
+		}
 		select {
 		case <-h.ho.adopted(cl.ID):
-		case <-time.After(adoptWait):
+		case <-time.After(wait):
 			// The adoption records them when it ends.
 		case <-h.done:
 		}
@@ -173,7 +179,7 @@ func (h *Hook) recordSubsNow(cl *mqtt.Client) {
 
 // adoptWait bounds how long a SUBSCRIBE waits for its session's adoption
 // from another node, which asks that node (5 s) and then waits for it to
-// let go (10 s).
+// let go (10 s); half the client's keepalive bounds it too.
 const adoptWait = 15 * time.Second
 
 // recordSubs writes cl's subscriptions to the bucket, if this node owns
