@@ -727,6 +727,13 @@ func TestSlowAdoptionKeepsTheClient(t *testing.T) {
 	}
 }
 
+// twoNodes starts a NATS server storing in dir and two nodes on it.
+func twoNodes(t *testing.T) (ns *server.Server, dir string, n1, n2 *node) {
+	dir = t.TempDir()
+	ns = startNATS(t, dir, 0)
+	return ns, dir, startNode(t, ns.ClientURL(), "n1"), startNode(t, ns.ClientURL(), "n2")
+}
+
 // natsOutage stops the NATS server of a cluster until the nodes see it gone
 // and returns a function that starts it again and waits for them.
 func natsOutage(t *testing.T, ns *server.Server, dir string, nodes ...*node) (back func() *server.Server) {
@@ -759,10 +766,7 @@ func waitNodes(t *testing.T, connected bool, nodes []*node) {
 // subscribes while its node cannot reach NATS is claimed and recorded once
 // NATS is back, so another node takes it over when this one dies.
 func TestSessionDuringNATSOutage(t *testing.T) {
-	dir := t.TempDir()
-	ns := startNATS(t, dir, 0)
-	n1 := startNode(t, ns.ClientURL(), "n1")
-	n2 := startNode(t, ns.ClientURL(), "n2")
+	ns, dir, n1, n2 := twoNodes(t)
 	back := natsOutage(t, ns, dir, n1, n2)
 	dev := connect(t, n1, "device-12", persistentSession)
 	dev.subscribe(t, 1, "cmd/12/+")
@@ -786,10 +790,7 @@ func TestSessionDuringNATSOutage(t *testing.T) {
 func TestSessionMovedDuringNATSOutage(t *testing.T) {
 	for _, leftOpen := range []bool{false, true} {
 		t.Run(fmt.Sprint("old connection open=", leftOpen), func(t *testing.T) {
-			dir := t.TempDir()
-			ns := startNATS(t, dir, 0)
-			n1 := startNode(t, ns.ClientURL(), "n1")
-			n2 := startNode(t, ns.ClientURL(), "n2")
+			ns, dir, n1, n2 := twoNodes(t)
 			first := connect(t, n2, "device-13", persistentSession)
 			first.subscribe(t, 1, "cmd/13/+")
 			back := natsOutage(t, ns, dir, n1, n2)
@@ -831,24 +832,31 @@ func TestSessionMovedDuringNATSOutage(t *testing.T) {
 	}
 }
 
-// waitRecord waits until the sessions bucket records filter for client id.
-func waitRecord(t *testing.T, url, id, filter string) {
+// sessionsBucket opens the sessions bucket of the cluster on NATS at url,
+// for 20 s (ctx).
+func sessionsBucket(t *testing.T, url string) (ctx context.Context, kv jetstream.KeyValue) {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, "mqtt_sessions")
-	if err != nil {
+	t.Cleanup(cancel)
+	if kv, err = js.KeyValue(ctx, "mqtt_sessions"); err != nil {
 		t.Fatal(err)
 	}
+	return ctx, kv
+}
+
+// waitRecord waits until the sessions bucket records filter for client id.
+func waitRecord(t *testing.T, url, id, filter string) {
+	t.Helper()
+	ctx, kv := sessionsBucket(t, url)
 	key := base64.RawURLEncoding.EncodeToString([]byte(id)) + ".subs"
 	for {
 		if e, err := kv.Get(ctx, key); err == nil && strings.Contains(string(e.Value()), filter) {
@@ -865,10 +873,7 @@ func waitRecord(t *testing.T, url, id, filter string) {
 // after NATS restarted reaches the other nodes at once, not when nats.go's
 // watch of the bucket notices the restart (10 to 20 s).
 func TestRetainedAfterNATSRestart(t *testing.T) {
-	dir := t.TempDir()
-	ns := startNATS(t, dir, 0)
-	n1 := startNode(t, ns.ClientURL(), "n1")
-	n2 := startNode(t, ns.ClientURL(), "n2")
+	ns, dir, n1, n2 := twoNodes(t)
 	p := connect(t, n2, "p")
 	retainedOn := func(n *node, payload string, d time.Duration) bool {
 		for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -907,31 +912,9 @@ func TestSessionRecordForgotten(t *testing.T) {
 		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
 	})
 	c.subscribe(t, 1, "short/#")
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, "mqtt_sessions")
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitRecord(t, ns.ClientURL(), "short-lived", "short/#")
+	ctx, kv := sessionsBucket(t, ns.ClientURL())
 	key := base64.RawURLEncoding.EncodeToString([]byte("short-lived")) + ".subs"
-	for {
-		if e, err := kv.Get(ctx, key); err == nil && strings.Contains(string(e.Value()), "short/#") {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("no record of the session's subscriptions")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	_ = c.Disconnect(&paho.Disconnect{})
 	for {
 		if _, err := kv.Get(ctx, key); errors.Is(err, jetstream.ErrKeyNotFound) {

@@ -31,13 +31,12 @@ import (
 // way is pending, and the other nodes' claims seen meanwhile are decided
 // when its revision is known (settle).
 type owners struct {
-	mu      sync.Mutex
-	kv      jetstream.KeyValue
-	ctx     context.Context // the bucket's life
-	watcher jetstream.KeyWatcher
-	seen    uint64            // the bucket's latest revision seen by the watch
-	mine    map[string]uint64 // client id → revision of this node's claim, or claimPending
-	late    map[string]uint64 // client id → latest other claim seen while this node's was pending
+	mu    sync.Mutex
+	kv    jetstream.KeyValue
+	ctx   context.Context   // the bucket's life
+	mine  map[string]uint64 // client id → revision of this node's claim, or claimPending
+	late  map[string]uint64 // client id → latest other claim seen while this node's was pending
+	watch kvWatch
 }
 
 // claimPending marks a claim being written.
@@ -59,36 +58,24 @@ func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) erro
 		return err
 	}
 	o.mu.Lock()
-	o.kv, o.ctx, o.watcher = kv, ctx, w
+	o.kv, o.ctx = kv, ctx
 	if o.mine == nil {
 		o.mine, o.late = make(map[string]uint64), make(map[string]uint64)
 	}
 	o.mu.Unlock()
-	go o.watch(h, w)
+	o.watch.set(w)
+	go o.follow(h, w)
 	return nil
 }
 
-// rewatch replaces the watch once the connection to NATS is back
-// (resumeWatch), from the revision after the last one seen.
+// rewatch replaces the watch once the connection to NATS is back.
 func (o *owners) rewatch(h *Hook) {
 	o.mu.Lock()
-	kv, ctx, from := o.kv, o.ctx, o.seen+1
+	kv, ctx := o.kv, o.ctx
 	o.mu.Unlock()
-	if kv == nil {
-		return
+	if kv != nil {
+		o.watch.resume(ctx, h, kv, true, func(w jetstream.KeyWatcher) { o.follow(h, w) })
 	}
-	w := resumeWatch(ctx, h, kv, from, true)
-	if w == nil {
-		return
-	}
-	o.mu.Lock()
-	old := o.watcher
-	o.watcher = w
-	o.mu.Unlock()
-	if old != nil {
-		_ = old.Stop()
-	}
-	go o.watch(h, w)
 }
 
 // claim records that cl's session is now on this node; it returns the
@@ -172,12 +159,11 @@ func (o *owners) release(h *Hook, cl *mqtt.Client) {
 	o.mu.Unlock()
 }
 
-func (o *owners) watch(h *Hook, w jetstream.KeyWatcher) {
+// follow applies other nodes' claims as the watch delivers them.
+func (o *owners) follow(h *Hook, w jetstream.KeyWatcher) {
 	for e := range w.Updates() {
 		if e != nil {
-			o.mu.Lock()
-			o.seen = max(o.seen, e.Revision())
-			o.mu.Unlock()
+			o.watch.saw(e.Revision())
 		}
 		if e == nil || e.Operation() != jetstream.KeyValuePut || string(e.Value()) == h.src ||
 			strings.Contains(e.Key(), ".") { // a session's subscriptions (sessions.go)

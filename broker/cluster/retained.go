@@ -27,8 +27,7 @@ type retained struct {
 	local    bool // the bucket cannot be had (no JetStream): retained stays per node
 	ctx      context.Context
 	cancel   context.CancelFunc
-	watcher  jetstream.KeyWatcher
-	seen     uint64 // the bucket's latest revision seen by the watch
+	watch    kvWatch
 
 	loadOnce sync.Once
 	loaded   chan struct{}
@@ -82,8 +81,9 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 			var w jetstream.KeyWatcher
 			if w, err = kv.WatchAll(ctx); err == nil {
 				r.mu.Lock()
-				r.kv, r.ctx, r.cancel, r.watcher = kv, ctx, cancel, w
+				r.kv, r.ctx, r.cancel = kv, ctx, cancel
 				r.mu.Unlock()
+				r.watch.set(w)
 				// Before the watch, which ends Init's wait: a session
 				// established before the bucket is open would not be
 				// claimed.
@@ -92,7 +92,7 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 				} else {
 					go h.reclaim() // sessions of clients that came before NATS
 				}
-				go r.watch(h, w)
+				go r.follow(h, w)
 				go h.qs.open(h)
 				return
 			}
@@ -106,40 +106,26 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 	r.loadOnce.Do(func() { close(r.loaded) })
 }
 
-func (r *retained) watch(h *Hook, w jetstream.KeyWatcher) {
+// follow applies the bucket's values as the watch delivers them.
+func (r *retained) follow(h *Hook, w jetstream.KeyWatcher) {
 	for e := range w.Updates() {
 		if e == nil { // all values so far
 			r.loadOnce.Do(func() { close(r.loaded) })
 			continue
 		}
-		r.mu.Lock()
-		r.seen = max(r.seen, e.Revision())
-		r.mu.Unlock()
+		r.watch.saw(e.Revision())
 		r.apply(h, e)
 	}
 }
 
-// rewatch replaces the watch once the connection to NATS is back
-// (resumeWatch), from the revision after the last one seen.
+// rewatch replaces the watch once the connection to NATS is back.
 func (r *retained) rewatch(h *Hook) {
 	r.mu.Lock()
-	kv, ctx, from := r.kv, r.ctx, r.seen+1
+	kv, ctx := r.kv, r.ctx
 	r.mu.Unlock()
-	if kv == nil {
-		return
+	if kv != nil {
+		r.watch.resume(ctx, h, kv, false, func(w jetstream.KeyWatcher) { r.follow(h, w) })
 	}
-	w := resumeWatch(ctx, h, kv, from, false)
-	if w == nil {
-		return
-	}
-	r.mu.Lock()
-	old := r.watcher
-	r.watcher = w
-	r.mu.Unlock()
-	if old != nil {
-		_ = old.Stop()
-	}
-	go r.watch(h, w)
 }
 
 func (r *retained) apply(h *Hook, e jetstream.KeyValueEntry) {

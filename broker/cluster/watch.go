@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,4 +38,46 @@ func resumeWatch(ctx context.Context, h *Hook, kv jetstream.KeyValue, from uint6
 		}
 	}
 	return nil
+}
+
+// kvWatch is a bucket's current watch and the latest revision it saw, so
+// that it can be replaced by one that resumes after it.
+type kvWatch struct {
+	mu   sync.Mutex
+	w    jetstream.KeyWatcher
+	seen uint64
+}
+
+func (k *kvWatch) set(w jetstream.KeyWatcher) {
+	k.mu.Lock()
+	k.w = w
+	k.mu.Unlock()
+}
+
+// saw records that the watch delivered revision rev.
+func (k *kvWatch) saw(rev uint64) {
+	k.mu.Lock()
+	k.seen = max(k.seen, rev)
+	k.mu.Unlock()
+}
+
+// resume replaces the watch of kv once the connection to NATS is back
+// (resumeWatch), from the revision after the last one seen, and runs the
+// new one in a goroutine of its own.
+func (k *kvWatch) resume(ctx context.Context, h *Hook, kv jetstream.KeyValue, updatesOnly bool, run func(jetstream.KeyWatcher)) {
+	k.mu.Lock()
+	from := k.seen + 1
+	k.mu.Unlock()
+	w := resumeWatch(ctx, h, kv, from, updatesOnly)
+	if w == nil {
+		return
+	}
+	k.mu.Lock()
+	old := k.w
+	k.w = w
+	k.mu.Unlock()
+	if old != nil {
+		_ = old.Stop()
+	}
+	go run(w)
 }
