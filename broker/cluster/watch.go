@@ -8,38 +8,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// resumeWatch opens a new watch of kv after the connection to NATS came
-// back, from revision from on, for a watch to replace. A watch's ordered
-// consumer finds out that its NATS server restarted only when two of its
-// 5-second heartbeats are missing, and tries again as late if JetStream was
-// not ready then: what other nodes wrote reached this node 10 to 20 s late
-// (measured: a session taken over on another node stayed connected here so
-// long). It is retried every 500 ms for 30 s (JetStream may still be
-// starting); nil if it could not be opened. With from 1 (nothing seen
-// yet) and updatesOnly the watch starts at new values.
-func resumeWatch(ctx context.Context, h *Hook, kv jetstream.KeyValue, from uint64, updatesOnly bool) jetstream.KeyWatcher {
-	opts := []jetstream.WatchOpt{jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from)}
-	if from <= 1 && updatesOnly {
-		opts = []jetstream.WatchOpt{jetstream.UpdatesOnly()}
-	}
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		if ctx.Err() != nil || !h.Connected() {
-			return nil
-		}
-		if w, err := kv.WatchAll(ctx, opts...); err == nil {
-			return w
-		}
-		select {
-		case <-time.After(500 * time.Millisecond):
-		case <-ctx.Done():
-			return nil
-		case <-h.done:
-			return nil
-		}
-	}
-	return nil
-}
-
 // kvWatch is a bucket's current watch and the latest revision it saw, so
 // that it can be replaced by one that resumes after it.
 type kvWatch struct {
@@ -61,23 +29,44 @@ func (k *kvWatch) saw(rev uint64) {
 	k.mu.Unlock()
 }
 
-// resume replaces the watch of kv once the connection to NATS is back
-// (resumeWatch), from the revision after the last one seen, and runs the
-// new one in a goroutine of its own.
+// resume replaces the watch of kv once the connection to NATS is back,
+// with one that starts after the last revision seen (at new values if
+// none was seen and updatesOnly), and runs the new one in a goroutine of
+// its own. A watch's ordered consumer finds out that its NATS server
+// restarted only when two of its 5-second heartbeats are missing, and tries
+// again as late if JetStream was not ready then: what other nodes wrote
+// reached this node 10 to 20 s late (measured: a session taken over on
+// another node stayed connected here so long). Opening is retried every
+// 500 ms for 30 s, while JetStream may still be starting.
 func (k *kvWatch) resume(ctx context.Context, h *Hook, kv jetstream.KeyValue, updatesOnly bool, run func(jetstream.KeyWatcher)) {
 	k.mu.Lock()
 	from := k.seen + 1
 	k.mu.Unlock()
-	w := resumeWatch(ctx, h, kv, from, updatesOnly)
-	if w == nil {
-		return
+	opts := []jetstream.WatchOpt{jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from)}
+	if from == 1 && updatesOnly {
+		opts = []jetstream.WatchOpt{jetstream.UpdatesOnly()}
 	}
-	k.mu.Lock()
-	old := k.w
-	k.w = w
-	k.mu.Unlock()
-	if old != nil {
-		_ = old.Stop()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if ctx.Err() != nil || !h.Connected() {
+			return
+		}
+		if w, err := kv.WatchAll(ctx, opts...); err == nil {
+			k.mu.Lock()
+			old := k.w
+			k.w = w
+			k.mu.Unlock()
+			if old != nil {
+				_ = old.Stop()
+			}
+			go run(w)
+			return
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return
+		case <-h.done:
+			return
+		}
 	}
-	go run(w)
 }
