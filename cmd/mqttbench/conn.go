@@ -8,12 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // target is a parsed broker address: tcp://, ssl://, ws:// or wss://.
@@ -23,7 +20,6 @@ type target struct {
 	url    string // for ws/wss
 	host   string // Host header for ws/wss: --servername with the URL's port
 	tls    *tls.Config
-	http   *http.Client
 }
 
 func parseTarget(raw, cafile, serverName string, insecure bool) (*target, error) {
@@ -66,25 +62,10 @@ func parseTarget(raw, cafile, serverName string, insecure bool) (*target, error)
 		if path == "" {
 			path = "/mqtt"
 		}
-		scheme := "http"
-		if t.scheme == "wss" {
-			scheme = "https"
-		}
-		t.url = scheme + "://" + u.Host + path
+		t.url = t.scheme + "://" + u.Host + path
 		if serverName != "" {
 			t.host = net.JoinHostPort(serverName, u.Port())
 		}
-		host := u.Host
-		t.http = &http.Client{Transport: &http.Transport{
-			TLSClientConfig: t.tls,
-			// Every connection is dialled to the given address, so that a
-			// host name (for SNI and Host) need not resolve to it.
-			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, host)
-			},
-			DisableKeepAlives: true,
-		}}
 	}
 	return t, nil
 }
@@ -107,18 +88,7 @@ func (t *target) dial(ctx context.Context) (net.Conn, error) {
 		}
 		return tc, nil
 	default:
-		wc, _, err := websocket.Dial(ctx, t.url, &websocket.DialOptions{
-			HTTPClient:      t.http,
-			Host:            t.host,
-			Subprotocols:    []string{"mqtt"},
-			CompressionMode: websocket.CompressionDisabled,
-		})
-		if err != nil {
-			return nil, err
-		}
-		wc.SetReadLimit(1 << 21)
-		// The connection outlives ctx, which only bounds the dial.
-		return websocket.NetConn(context.Background(), wc, websocket.MessageBinary), nil
+		return t.dialWS(ctx)
 	}
 }
 
@@ -224,6 +194,9 @@ func (c *mqttConn) exercise(topic string, timeout time.Duration) error {
 func closeHard(c net.Conn) {
 	if mc, ok := c.(*mqttConn); ok {
 		c = mc.Conn
+	}
+	if wc, ok := c.(*wsNetConn); ok {
+		c = wc.ws.UnderlyingConn()
 	}
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
