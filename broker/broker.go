@@ -284,7 +284,11 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 	if !b.opts.NoMetrics {
 		wire = countingConn{Conn: conn, s: cc.m.door} // metrics.go
 	}
-	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize, cc: cc}
+	var ahead *readAhead
+	if info.Door != DoorTLS {
+		ahead = &readAhead{Conn: wire} // readahead.go
+		wire = ahead
+	}
 	cc.q.keepFrom = chunkSize + 1 // TLS, WebSocket: coalesce into chunks
 	if cc.socket = newRawSocket(info.Socket); cc.socket != nil {
 		cc.q.keepFrom = 2 << 10 // written with writev: no need to copy
@@ -292,6 +296,7 @@ func (b *Broker) Serve(conn net.Conn, info ConnInfo) error {
 			cc.bytesOut = &cc.m.door.bytesOut
 		}
 	}
+	cc.Conn = &packetLimitConn{Conn: wire, limit: limit, connectLimit: b.opts.MaxConnectSize, cc: cc, ahead: ahead}
 	if err := b.admit(cc); err != nil {
 		_ = conn.Close()
 		if !errors.Is(err, ErrClosed) {

@@ -162,6 +162,7 @@ type packetLimitConn struct {
 	first       []byte
 	off         int
 	passThrough bool
+	ahead       *readAhead // under this one, started once CONNECT is read
 
 	// Set at CONNECT by keepaliveHook, then read by mochi's read loop only.
 	cl        *mqtt.Client
@@ -219,6 +220,9 @@ func (c *packetLimitConn) readFirst(p []byte) (int, error) {
 	c.off += n
 	if c.off == len(c.first) {
 		c.first, c.passThrough = nil, true
+		if c.ahead != nil {
+			c.ahead.on = true // the client is past CONNECT (readahead.go)
+		}
 	}
 	return n, nil
 }
