@@ -31,3 +31,24 @@ func TestBrokerBeforeStart(t *testing.T) {
 		t.Fatalf("a client before Start: %v, want accepted (allow_anonymous)", err)
 	}
 }
+
+// TestNoBrokerAfterDestruct: once the last config using the broker is
+// unloaded, a door of that config still asking for it (a connection
+// accepted just before) gets ErrClosed, not the broker being shut down and
+// not a new one nothing would shut down.
+func TestNoBrokerAfterDestruct(t *testing.T) {
+	s := &sharedBroker{}
+	b, err := s.get(broker.AnonymousPolicy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.get(broker.AnonymousPolicy{}); again != b {
+		t.Fatal("a second get returned another broker")
+	}
+	if err := s.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.get(broker.AnonymousPolicy{}); err != broker.ErrClosed || got != nil {
+		t.Fatalf("get after Destruct: %v, %v; want nil, ErrClosed", got, err)
+	}
+}
