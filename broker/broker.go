@@ -154,12 +154,15 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	if err := b.srv.AddHook(dispatch, nil); err != nil {
 		return nil, err
 	}
+	var metrics *metricsHook
 	if !opts.NoMetrics {
-		if err := b.srv.AddHook(&metricsHook{b: b}, nil); err != nil {
+		metrics = &metricsHook{b: b}
+		if err := b.srv.AddHook(metrics, nil); err != nil {
 			return nil, err
 		}
 	}
-	if err := b.srv.AddHook(&flowHook{b: b}, nil); err != nil {
+	flow := &flowHook{b: b}
+	if err := b.srv.AddHook(flow, nil); err != nil {
 		return nil, err
 	}
 	// Before orderHook: it decides, in OnSessionEstablish, whether there is
@@ -175,10 +178,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// Protocol details mochi gets wrong or leaves out, one hook each; after
 	// packetIDHook, so that what they write carries mochi's packet
 	// identifiers, which packetIDHook maps back.
+	check := &publishCheckHook{b: b}
 	for _, hook := range []mqtt.Hook{
-		&publishCheckHook{b: b}, // publishcheck.go
-		&keepaliveHook{b: b},    // keepalive.go
-		newSharedHook(b),        // shared.go
+		check,                // publishcheck.go
+		&keepaliveHook{b: b}, // keepalive.go
+		newSharedHook(b),     // shared.go
 	} {
 		if err := b.srv.AddHook(hook, nil); err != nil {
 			return nil, err
@@ -197,6 +201,11 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// written.
 	encode := &encodeHook{dispatch: dispatch, ids: ids, session: session, handover: handover, acks: &ackEncoder{b: b}, order: order, will: will}
 	if err := b.srv.AddHook(encode, nil); err != nil {
+		return nil, err
+	}
+	// And to the packets mochi reads (read.go), before opts.Hooks, which
+	// see the packet as mochi will process it.
+	if err := b.srv.AddHook(&readHook{metrics: metrics, flow: flow, ids: ids, check: check}, nil); err != nil {
 		return nil, err
 	}
 	if opts.Storage.Enabled() {

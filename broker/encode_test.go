@@ -26,6 +26,20 @@ func TestOneHookEncodes(t *testing.T) {
 	}
 }
 
+// TestOneHookReads: the same for the packets mochi reads (read.go).
+func TestOneHookReads(t *testing.T) {
+	b := newBroker(t, Options{Storage: Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "mqtt.db")}}, AnonymousPolicy{Allow: true})
+	var reading []string
+	for _, h := range mochiHooks(b.srv).GetAll() {
+		if h.Provides(mqtt.OnPacketRead) {
+			reading = append(reading, h.ID())
+		}
+	}
+	if fmt.Sprint(reading) != "[caddy-mqtt-read]" {
+		t.Fatalf("hooks providing OnPacketRead: %v, want only readHook", reading)
+	}
+}
+
 // mochiHooks is srv's hook list, which mochi does not export; tests only
 // read it.
 func mochiHooks(srv *mqtt.Server) *mqtt.Hooks {

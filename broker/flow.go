@@ -268,7 +268,7 @@ type flowHook struct {
 func (h *flowHook) ID() string { return "caddy-mqtt-flow" }
 
 func (h *flowHook) Provides(b byte) bool {
-	return b == mqtt.OnConnect || b == mqtt.OnPacketRead || b == mqtt.OnQosDropped
+	return b == mqtt.OnConnect || b == mqtt.OnQosDropped
 }
 
 // OnConnect sizes the window, min(the door's max_inflight_messages, the
@@ -303,25 +303,19 @@ func (h *flowHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
-// OnPacketRead passes the acknowledgements of the broker's publishes to the
-// window: PUBACK, PUBCOMP, and a PUBREC with an error reason, which ends a
-// QoS 2 flow in MQTT 5.
-func (h *flowHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	switch pk.FixedHeader.Type {
-	case packets.Puback, packets.Pubcomp:
-	case packets.Pubrec:
-		// As mochi's processPubrec: an error or unknown reason ends the flow.
-		if pk.ReasonCode < packets.ErrUnspecifiedError.Code && pk.ReasonCodeValid() {
-			return pk, nil
-		}
-	default:
-		return pk, nil
+// read passes the acknowledgements of the broker's publishes to the window
+// (called by readHook, read.go, for PUBACK, PUBCOMP and PUBREC): PUBACK,
+// PUBCOMP, and a PUBREC with an error reason, which ends a QoS 2 flow in
+// MQTT 5.
+func (h *flowHook) read(cl *mqtt.Client, pk *packets.Packet) {
+	// As mochi's processPubrec: an error or unknown reason ends the flow.
+	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode < packets.ErrUnspecifiedError.Code && pk.ReasonCodeValid() {
+		return
 	}
 	if cc, ok := cl.Net.Conn.(*clientConn); ok {
 		// A failed write closes the connection; mochi's next read sees it.
 		_ = cc.acked(pk.PacketID)
 	}
-	return pk, nil
 }
 
 // OnQosDropped forgets a queued message mochi dropped from its store

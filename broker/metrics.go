@@ -194,7 +194,7 @@ func (h *metricsHook) ID() string { return "caddy-mqtt-metrics" }
 func (h *metricsHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnPacketRead, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnQosDropped, mqtt.OnSubscribed:
+		mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnQosDropped, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -240,14 +240,14 @@ func (h *metricsHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	h.b.logDisconnected(cl, cc, reason, err)
 }
 
-func (h *metricsHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos < 3 {
+// read counts a PUBLISH read (called by readHook, read.go).
+func (h *metricsHook) read(cl *mqtt.Client, pk *packets.Packet) {
+	if pk.FixedHeader.Qos < 3 {
 		if cc, ok := cl.Net.Conn.(*clientConn); ok {
 			cc.m.door.msgsIn[pk.FixedHeader.Qos].Add(1)
 			cc.m.door.payloadIn[pk.FixedHeader.Qos].Add(uint64(len(pk.Payload)))
 		}
 	}
-	return pk, nil
 }
 
 func (h *metricsHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {

@@ -369,9 +369,7 @@ func BenchmarkMetricsPerMessage(b *testing.B) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, Payload: make([]byte, 64)}
 	buf := make([]byte, 80)
 	for b.Loop() {
-		if h.Provides(mqtt.OnPacketRead) {
-			pk, _ = h.OnPacketRead(cl, pk)
-		}
+		h.read(cl, &pk) // through readHook (read.go)
 		if h.Provides(mqtt.OnPacketSent) {
 			h.OnPacketSent(cl, pk, nil)
 		}

@@ -298,4 +298,8 @@ func TestMochiCanaryEncodeByValue(t *testing.T) {
 	if size := packet.Size(); size < 512 {
 		t.Fatalf("packets.Packet is now %d bytes: a hook per concern may cost little enough again (MOCHI.md row 34)", size)
 	}
+	m, ok = reflect.TypeFor[mqtt.Hook]().MethodByName("OnPacketRead")
+	if !ok || m.Type.NumIn() != 2 || m.Type.In(1) != packet || m.Type.NumOut() != 2 || m.Type.Out(0) != packet {
+		t.Fatalf("mochi's OnPacketRead is now %v: review readHook in read.go (MOCHI.md row 34)", m.Type)
+	}
 }

@@ -124,28 +124,24 @@ type packetIDHook struct {
 func (h *packetIDHook) ID() string { return "caddy-mqtt-packet-ids" }
 
 func (h *packetIDHook) Provides(b byte) bool {
-	return b == mqtt.OnPacketRead || b == mqtt.OnQosPublish
+	return b == mqtt.OnQosPublish
 }
 
-// OnPacketRead runs just before mochi processes the packet (mochi reads and
-// processes one packet at a time), so the store it checks is the one mochi
-// will see.
-func (h *packetIDHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// read gives the client's packet identifiers in a PUBLISH of QoS 1 or 2, a
+// SUBSCRIBE, an UNSUBSCRIBE or a PUBREL mochi's numbering (called by
+// readHook, read.go). It runs just before mochi processes the packet (mochi
+// reads and processes one packet at a time), so the store it checks is the
+// one mochi will see.
+func (h *packetIDHook) read(cl *mqtt.Client, pk *packets.Packet) {
 	cc, ok := cl.Net.Conn.(*clientConn)
 	if !ok {
-		return pk, nil
+		return
 	}
-	switch pk.FixedHeader.Type {
-	case packets.Publish:
-		if pk.FixedHeader.Qos > 0 {
-			pk.PacketID = cc.ids.toBroker(cl, pk.PacketID)
-		}
-	case packets.Subscribe, packets.Unsubscribe:
-		pk.PacketID = cc.ids.toBroker(cl, pk.PacketID)
-	case packets.Pubrel:
+	if pk.FixedHeader.Type == packets.Pubrel {
 		pk.PacketID = cc.ids.lookup(pk.PacketID)
+		return
 	}
-	return pk, nil
+	pk.PacketID = cc.ids.toBroker(cl, pk.PacketID)
 }
 
 // encode gives mochi's answers the client's identifiers. A PUBREC

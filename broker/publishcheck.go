@@ -38,30 +38,32 @@ func (h *publishCheckHook) ID() string { return "caddy-mqtt-publish-check" }
 
 func (h *publishCheckHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPacketRead, mqtt.OnACLCheck, mqtt.OnPublish:
+	case mqtt.OnACLCheck, mqtt.OnPublish:
 		return true
 	}
 	return false
 }
 
-func (h *publishCheckHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
-		return pk, nil
+// read checks a PUBLISH before mochi processes it (called by readHook,
+// read.go); an error ends the connection.
+func (h *publishCheckHook) read(cl *mqtt.Client, pk *packets.Packet) error {
+	if cl.Net.Inline {
+		return nil
 	}
 	cc, ok := cl.Net.Conn.(*clientConn)
 	if !ok {
-		return pk, nil
+		return nil
 	}
 	cc.refusedPublish = "" // a mark is for the publish being processed only
 	v5 := cl.Properties.ProtocolVersion >= 5
 	if strings.ContainsAny(pk.TopicName, "+#") {
-		return pk, h.refuse(cl, packets.ErrTopicNameInvalid) // [MQTT-3.3.2-2]
+		return h.refuse(cl, packets.ErrTopicNameInvalid) // [MQTT-3.3.2-2]
 	}
 	if v5 && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 &&
 		int(pk.Properties.TopicAlias) <= h.b.opts.TopicAliasMaximum {
 		topic := cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
 		if topic == "" {
-			return pk, h.refuse(cl, packets.ErrProtocolViolationNoTopic) // [MQTT-3.3.2-8]
+			return h.refuse(cl, packets.ErrProtocolViolationNoTopic) // [MQTT-3.3.2-8]
 		}
 		pk.TopicName = topic
 	}
@@ -80,10 +82,10 @@ func (h *publishCheckHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (pac
 		// The 3.1.1 QoS 2 flow goes on with PUBREL, which mochi answers
 		// with PUBCOMP although it holds no such packet identifier.
 		if err := cl.WritePacket(ack); err != nil {
-			return pk, packets.ErrRejectPacket
+			return packets.ErrRejectPacket
 		}
 	}
-	return pk, nil
+	return nil
 }
 
 // isSysPrefix is mochi's test for a publish it drops (IsValidFilter):
