@@ -40,6 +40,7 @@ const (
 // (publishing is atomic).
 type roomState struct {
 	room     chan struct{} // closed when there is room; nil when nobody waits
+	slot     chan struct{} // closed when mochi's write channel is below half; nil when nobody waits
 	slow     bool          // not waited for until the queues drain
 	progress time.Time     // the last write to the client or acknowledgement
 	// publishing: the read loop is delivering a publish of the client's
@@ -90,6 +91,10 @@ func (c *clientConn) wakeWaiters() {
 	if c.room.room != nil {
 		close(c.room.room)
 		c.room.room = nil
+	}
+	if c.room.slot != nil {
+		close(c.room.slot)
+		c.room.slot = nil
 	}
 }
 
@@ -154,18 +159,65 @@ const mochiWriteSlots = 128
 // full. mochi drops a message, QoS 1/2 included, that finds the channel full
 // (MOCHI.md, row 9); its writer goroutine empties the channel as fast as it
 // is scheduled, because Write never waits for the socket, so this wait is
-// for the scheduler only. It is bounded all the same (a second), so that
-// nothing can hold a publisher for longer.
+// for the scheduler only. It is bounded all the same (about a second), so
+// that nothing can hold a publisher for longer.
+//
+// After a few yields it waits to be woken by the client's Write (mochi's
+// writer calls it for each packet it takes from the channel) once the
+// channel is below half. It slept 500 µs at a time before: at 64 B, 4
+// publishers and 4 subscribers, the publishers' read loops slept 8,600
+// times in 6 s, a sixth of their time, with the CPU idle meanwhile.
 func awaitWriteSlot(cl *mqtt.Client) {
+	cc, _ := cl.Net.Conn.(*clientConn)
 	for i := 0; mochiWritesPending(cl) >= mochiWriteSlots/2; i++ {
 		if i == 2000 || cl.Closed() {
 			return
 		}
-		if i < 8 {
+		switch {
+		case i < 8:
 			runtime.Gosched()
-		} else {
+		case cc != nil:
+			cc.awaitSlot(cl, 500*time.Microsecond)
+		default:
 			time.Sleep(500 * time.Microsecond)
 		}
+	}
+}
+
+// awaitSlot waits at most d for slotTaken to find mochi's write channel
+// below half. The timeout covers a packet mochi takes from the channel and
+// then drops without writing (MOCHI.md, row 33).
+func (c *clientConn) awaitSlot(cl *mqtt.Client, d time.Duration) {
+	c.wmu.Lock()
+	if mochiWritesPending(cl) < mochiWriteSlots/2 {
+		c.wmu.Unlock()
+		return
+	}
+	if c.werr != nil || c.closing {
+		// Nothing more is written: mochi closes the client soon.
+		c.wmu.Unlock()
+		time.Sleep(d)
+		return
+	}
+	if c.room.slot == nil {
+		c.room.slot = make(chan struct{})
+	}
+	slot := c.room.slot
+	c.wmu.Unlock()
+	t := time.NewTimer(d)
+	select {
+	case <-slot:
+	case <-t.C:
+	}
+	t.Stop()
+}
+
+// slotTaken wakes those waiting in awaitSlot once mochi's write channel is
+// below half. Called with wmu held, by Write.
+func (c *clientConn) slotTaken() {
+	if c.room.slot != nil && mochiWritesPending(c.mochi) < mochiWriteSlots/2 {
+		close(c.room.slot)
+		c.room.slot = nil
 	}
 }
 

@@ -83,6 +83,7 @@ var ErrNotReading = errors.New("mqtt: client does not read")
 func (c *clientConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.slotTaken() // backpressure.go
 	if c.werr != nil {
 		return 0, c.werr
 	}
