@@ -265,6 +265,14 @@ func (h *dispatchHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 			pk.ReasonCode = packets.Err3ServerUnavailable.Code
 		}
 	}
+	if pk.FixedHeader.Type == packets.Disconnect && pk.ReasonCode == packets.ErrSessionTakenOver.Code {
+		// mochi's takeover writes this DISCONNECT before it stops the old
+		// client, and records why only once it has closed the connection:
+		// an old client that closes on reading it ended its read loop
+		// with EOF as the recorded cause (metrics and logs said eof, not
+		// takeover). Noted here, before it is written (MOCHI.md row 36).
+		noteEnding(cl, packets.ErrSessionTakenOver)
+	}
 	if pk.FixedHeader.Type == packets.Disconnect && cl.Properties.ProtocolVersion < 5 {
 		// MQTT 3.1.1 has no DISCONNECT from the server (§3.14: it is the
 		// client's last packet), but mochi sends one on session takeover and

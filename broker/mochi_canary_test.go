@@ -425,3 +425,43 @@ func TestMochiCanaryResumeCopiesQueue(t *testing.T) {
 		t.Fatal("mochi no longer clears the old client's store: review handover.go")
 	}
 }
+
+// stopOrderConn records what happens to it: writes, and the client's stop
+// cause at the moment it is closed.
+type stopOrderConn struct {
+	net.Conn
+	cl     *mqtt.Client
+	events []string
+}
+
+func (c *stopOrderConn) Write(p []byte) (int, error) {
+	c.events = append(c.events, "write")
+	return len(p), nil
+}
+
+func (c *stopOrderConn) Close() error {
+	c.events = append(c.events, fmt.Sprintf("close (cause %v)", c.cl.StopCause()))
+	return nil
+}
+
+// Canary for the takeover note in hook.go (MOCHI.md row 36): mochi writes a
+// DISCONNECT and then stops the client, and Stop closes the connection
+// before it records the cause. A client that closes its side on reading the
+// DISCONNECT can so end the read loop, which stops the client with EOF,
+// before the cause is recorded.
+func TestMochiCanaryStopClosesBeforeCause(t *testing.T) {
+	srv, _ := bareMochi(t, nil)
+	a, z := net.Pipe()
+	defer a.Close()
+	defer z.Close()
+	conn := &stopOrderConn{Conn: a}
+	cl := srv.NewClient(conn, "t", "canary-stop", false)
+	conn.cl = cl
+	_ = srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
+	if got := fmt.Sprint(conn.events); got != "[write close (cause <nil>)]" {
+		t.Fatalf("DisconnectClient did %s, want [write close (cause <nil>)]: review the takeover note in dispatchHook.encode (MOCHI.md row 36)", got)
+	}
+	if cl.StopCause() != packets.ErrSessionTakenOver {
+		t.Fatalf("cause after Stop: %v", cl.StopCause())
+	}
+}
