@@ -14,29 +14,27 @@ import (
 // encodeHook is the only hook that takes mochi's OnPacketEncode; each other
 // one would cost two copies of the 800-byte packet for every packet written.
 func TestOneHookEncodes(t *testing.T) {
-	b := newBroker(t, Options{Storage: Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "mqtt.db")}}, AnonymousPolicy{Allow: true})
-	var encoding []string
-	for _, h := range mochiHooks(b.srv).GetAll() {
-		if h.Provides(mqtt.OnPacketEncode) {
-			encoding = append(encoding, h.ID())
-		}
-	}
-	if fmt.Sprint(encoding) != "[caddy-mqtt-encode]" {
-		t.Fatalf("hooks providing OnPacketEncode: %v, want only encodeHook", encoding)
-	}
+	onlyHookFor(t, mqtt.OnPacketEncode, "caddy-mqtt-encode")
 }
 
 // TestOneHookReads: the same for the packets mochi reads (read.go).
 func TestOneHookReads(t *testing.T) {
+	onlyHookFor(t, mqtt.OnPacketRead, "caddy-mqtt-read")
+}
+
+// onlyHookFor checks that the hook with id is the only one of a broker's
+// hooks that provides event.
+func onlyHookFor(t *testing.T, event byte, id string) {
+	t.Helper()
 	b := newBroker(t, Options{Storage: Storage{Kind: StorageBolt, Path: filepath.Join(t.TempDir(), "mqtt.db")}}, AnonymousPolicy{Allow: true})
-	var reading []string
+	var providing []string
 	for _, h := range mochiHooks(b.srv).GetAll() {
-		if h.Provides(mqtt.OnPacketRead) {
-			reading = append(reading, h.ID())
+		if h.Provides(event) {
+			providing = append(providing, h.ID())
 		}
 	}
-	if fmt.Sprint(reading) != "[caddy-mqtt-read]" {
-		t.Fatalf("hooks providing OnPacketRead: %v, want only readHook", reading)
+	if fmt.Sprint(providing) != "["+id+"]" {
+		t.Fatalf("hooks providing event %d: %v, want only %s", event, providing, id)
 	}
 }
 
