@@ -219,9 +219,9 @@ func (h *Hook) Init(config any) error {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			h.log.Info("mqtt cluster: NATS connection back", "node", h.cfg.Node, "server", nc.ConnectedUrlRedacted())
 			h.ret.reconnected(h, nc)
-			go h.ret.rewatch(h)
+			go h.ret.watch.resume(h)
 			go func() {
-				h.own.rewatch(h) // first: it waits for JetStream, which the claims need
+				h.own.watch.resume(h) // first: it waits for JetStream, which the claims need
 				h.reclaim()
 			}()
 		}),

@@ -33,7 +33,6 @@ import (
 type owners struct {
 	mu    sync.Mutex
 	kv    jetstream.KeyValue
-	ctx   context.Context   // the bucket's life
 	mine  map[string]uint64 // client id → revision of this node's claim, or claimPending
 	late  map[string]uint64 // client id → latest other claim seen while this node's was pending
 	watch kvWatch
@@ -58,24 +57,14 @@ func (o *owners) open(ctx context.Context, h *Hook, js jetstream.JetStream) erro
 		return err
 	}
 	o.mu.Lock()
-	o.kv, o.ctx = kv, ctx
+	o.kv = kv
 	if o.mine == nil {
 		o.mine, o.late = make(map[string]uint64), make(map[string]uint64)
 	}
 	o.mu.Unlock()
-	o.watch.set(w)
+	o.watch.set(ctx, kv, true, w, func(w jetstream.KeyWatcher) { o.follow(h, w) })
 	go o.follow(h, w)
 	return nil
-}
-
-// rewatch replaces the watch once the connection to NATS is back.
-func (o *owners) rewatch(h *Hook) {
-	o.mu.Lock()
-	kv, ctx := o.kv, o.ctx
-	o.mu.Unlock()
-	if kv != nil {
-		o.watch.resume(ctx, h, kv, true, func(w jetstream.KeyWatcher) { o.follow(h, w) })
-	}
 }
 
 // claim records that cl's session is now on this node; it returns the

@@ -25,7 +25,6 @@ type retained struct {
 	kv       jetstream.KeyValue
 	starting bool
 	local    bool // the bucket cannot be had (no JetStream): retained stays per node
-	ctx      context.Context
 	cancel   context.CancelFunc
 	watch    kvWatch
 
@@ -81,9 +80,9 @@ func (r *retained) open(h *Hook, nc *nats.Conn) {
 			var w jetstream.KeyWatcher
 			if w, err = kv.WatchAll(ctx); err == nil {
 				r.mu.Lock()
-				r.kv, r.ctx, r.cancel = kv, ctx, cancel
+				r.kv, r.cancel = kv, cancel
 				r.mu.Unlock()
-				r.watch.set(w)
+				r.watch.set(ctx, kv, false, w, func(w jetstream.KeyWatcher) { r.follow(h, w) })
 				// Before the watch, which ends Init's wait: a session
 				// established before the bucket is open would not be
 				// claimed.
@@ -115,16 +114,6 @@ func (r *retained) follow(h *Hook, w jetstream.KeyWatcher) {
 		}
 		r.watch.saw(e.Revision())
 		r.apply(h, e)
-	}
-}
-
-// rewatch replaces the watch once the connection to NATS is back.
-func (r *retained) rewatch(h *Hook) {
-	r.mu.Lock()
-	kv, ctx := r.kv, r.ctx
-	r.mu.Unlock()
-	if kv != nil {
-		r.watch.resume(ctx, h, kv, false, func(w jetstream.KeyWatcher) { r.follow(h, w) })
 	}
 }
 
