@@ -21,11 +21,4 @@ func (a *App) registerMetrics(ctx caddy.Context) error {
 
 // current is the broker if it has been started, else nil: scraping metrics
 // never starts one.
-func (s *sharedBroker) current() *broker.Broker {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.destroyed {
-		return nil
-	}
-	return s.b
-}
+func (s *sharedBroker) current() *broker.Broker { return s.live.Load() }
