@@ -171,6 +171,20 @@ func (c *client) messages() []*paho.Publish {
 	return append([]*paho.Publish(nil), c.got...)
 }
 
+// takenOver waits up to d for the broker to close c with 0x8E, Session
+// taken over; what names the connection when it does not.
+func (c *client) takenOver(t *testing.T, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case dc := <-c.disc:
+		if dc.ReasonCode != 0x8E {
+			t.Fatalf("%s closed with %#x, want 0x8E", what, dc.ReasonCode)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s not taken over within %v", what, d)
+	}
+}
+
 // waitFor polls until c has received n messages, and fails after 15 s.
 func (c *client) waitFor(t *testing.T, n int) []*paho.Publish {
 	t.Helper()
@@ -487,14 +501,7 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	// The same client id on node 2: node 1's connection is closed with
 	// 0x8E, Session taken over.
 	second := connect(t, nodes[1], "device-7")
-	select {
-	case d := <-first.disc:
-		if d.ReasonCode != 0x8E {
-			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("node 1's connection not taken over")
-	}
+	first.takenOver(t, 15*time.Second, "node 1's connection")
 	// The new connection stays, and gets what is published for it.
 	second.subscribe(t, 1, "cmd/7")
 	connect(t, nodes[2], "ctl").publish(t, &paho.Publish{Topic: "cmd/7", QoS: 1, Payload: []byte("go")})
@@ -506,14 +513,7 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	}
 	// And back to node 1: node 2's is closed.
 	third := connect(t, nodes[0], "device-7")
-	select {
-	case d := <-second.disc:
-		if d.ReasonCode != 0x8E {
-			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("node 2's connection not taken over")
-	}
+	second.takenOver(t, 15*time.Second, "node 2's connection")
 	select {
 	case d := <-third.disc:
 		t.Fatalf("the newest connection was disconnected: %#x", d.ReasonCode)
@@ -625,14 +625,7 @@ func TestSessionFollowsClient(t *testing.T) {
 	first := connect(t, nodes[0], "device-9", persistentSession)
 	first.subscribe(t, 1, "cmd/9/#")
 	second := connect(t, nodes[1], "device-9", persistentSession)
-	select {
-	case d := <-first.disc:
-		if d.ReasonCode != 0x8E {
-			t.Fatalf("DISCONNECT %#x, want 0x8E", d.ReasonCode)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("node 1's connection not taken over")
-	}
+	first.takenOver(t, 15*time.Second, "node 1's connection")
 	// No SUBSCRIBE on node 2: the session's subscription came along.
 	deadline := time.Now().Add(15 * time.Second)
 	for i := 0; len(second.messages()) == 0; i++ {
@@ -800,16 +793,9 @@ func TestSessionMovedDuringNATSOutage(t *testing.T) {
 			second := connect(t, n1, "device-13", persistentSession)
 			back()
 			if leftOpen {
-				select {
-				case d := <-first.disc:
-					if d.ReasonCode != 0x8E {
-						t.Fatalf("old connection closed with %#x, want 0x8E", d.ReasonCode)
-					}
-				case <-time.After(8 * time.Second):
-					// nats.go's watch alone noticed the restart after
-					// 10 to 20 s.
-					t.Fatal("the old connection on node 2 was not taken over")
-				}
+				// nats.go's watch alone noticed the restart after
+				// 10 to 20 s.
+				first.takenOver(t, 8*time.Second, "the old connection on node 2")
 			}
 			pub := connect(t, n2, "pub")
 			deadline := time.Now().Add(20 * time.Second)
