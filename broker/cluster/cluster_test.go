@@ -171,6 +171,18 @@ func (c *client) messages() []*paho.Publish {
 	return append([]*paho.Publish(nil), c.got...)
 }
 
+// publishN publishes n QoS 1 messages to topic, with payloads
+// prefix-0 … prefix-(n-1), and returns the payloads.
+func (c *client) publishN(t *testing.T, topic string, n int, prefix string) []string {
+	t.Helper()
+	var sent []string
+	for i := range n {
+		sent = append(sent, fmt.Sprintf("%s-%d", prefix, i))
+		c.publish(t, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(sent[i])})
+	}
+	return sent
+}
+
 // takenOver waits up to d for the broker to close c with 0x8E, Session
 // taken over; what names the connection when it does not.
 func (c *client) takenOver(t *testing.T, d time.Duration, what string) {
@@ -670,11 +682,7 @@ func TestSessionOfDeadNode(t *testing.T) {
 	pub.publish(t, &paho.Publish{Topic: "cmd/10/x", QoS: 1, Payload: []byte("before")})
 	first.waitPayloads(t, 15*time.Second, "before")
 	_ = nodes[0].hook.Stop() // node 1 is gone from the cluster
-	var want []string
-	for i := range 20 {
-		want = append(want, fmt.Sprintf("while-down-%d", i))
-		pub.publish(t, &paho.Publish{Topic: "cmd/10/y", QoS: 1, Payload: []byte(want[i])})
-	}
+	want := pub.publishN(t, "cmd/10/y", 20, "while-down")
 	second := connect(t, nodes[1], "device-10", persistentSession)
 	second.waitPayloads(t, 20*time.Second, want...)
 	pub.publish(t, &paho.Publish{Topic: "cmd/10/z", QoS: 1, Payload: []byte("after")})
@@ -692,11 +700,7 @@ func TestSubscribeDuringAdoption(t *testing.T) {
 	first := connect(t, nodes[0], "device-11", persistentSession)
 	first.subscribe(t, 1, "cmd/11/+")
 	_ = nodes[0].hook.Stop() // node 1 dies right after the SUBACK
-	var want []string
-	for i := range 5 {
-		want = append(want, fmt.Sprintf("while-down-%d", i))
-		pub.publish(t, &paho.Publish{Topic: "cmd/11/y", QoS: 1, Payload: []byte(want[i])})
-	}
+	want := pub.publishN(t, "cmd/11/y", 5, "while-down")
 	second := connect(t, nodes[1], "device-11", persistentSession)
 	second.waitPayloads(t, 20*time.Second, want...)
 }
