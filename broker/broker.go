@@ -199,7 +199,12 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	// Each concern's changes to the packets mochi writes (encode.go); before
 	// the storage hook and opts.Hooks, which see the packet as it will be
 	// written.
-	encode := &encodeHook{dispatch: dispatch, ids: ids, session: session, handover: handover, acks: &ackEncoder{b: b}, order: order, will: will}
+	publish := new(publishEncoder)
+	for _, h := range opts.Hooks {
+		// They would see a placeholder, not the packet written.
+		publish.off = publish.off || h.Provides(mqtt.OnPacketEncode)
+	}
+	encode := &encodeHook{dispatch: dispatch, ids: ids, session: session, handover: handover, acks: &ackEncoder{b: b}, order: order, will: will, publish: publish}
 	if err := b.srv.AddHook(encode, nil); err != nil {
 		return nil, err
 	}
@@ -514,6 +519,7 @@ type clientConn struct {
 
 	writeQueue                          // writer.go; its wmu also guards flowState and room
 	flowState                           // flow.go
+	enc          encodedPublishes       // encodepublish.go; guarded by wmu
 	room         roomState              // backpressure.go
 	resend       resendOrder            // storage.go
 	sessionState                        // session.go

@@ -17,13 +17,14 @@ import (
 // would move it to the heap, 800 bytes per packet).
 type encodeHook struct {
 	mqtt.HookBase
-	dispatch *dispatchHook  // hook.go: MQTT 3 CONNACK codes, no DISCONNECT to MQTT 3
-	ids      *packetIDHook  // packetids.go: the client's packet identifiers
-	session  *sessionHook   // session.go: Session Present as decided
-	handover *handoverHook  // handover.go: the successor is registered
-	acks     *ackEncoder    // acks.go: what acknowledgements and the CONNACK carry
-	order    *orderHook     // storage.go: a resumed queue in order
-	will     *willPropsHook // will.go: a will's own properties
+	dispatch *dispatchHook   // hook.go: MQTT 3 CONNACK codes, no DISCONNECT to MQTT 3
+	ids      *packetIDHook   // packetids.go: the client's packet identifiers
+	session  *sessionHook    // session.go: Session Present as decided
+	handover *handoverHook   // handover.go: the successor is registered
+	acks     *ackEncoder     // acks.go: what acknowledgements and the CONNACK carry
+	order    *orderHook      // storage.go: a resumed queue in order
+	will     *willPropsHook  // will.go: a will's own properties
+	publish  *publishEncoder // encodepublish.go: larger PUBLISH packets encoded into pooled buffers
 }
 
 func (h *encodeHook) ID() string { return "caddy-mqtt-encode" }
@@ -40,6 +41,7 @@ func (h *encodeHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 	case packets.Publish:
 		h.order.encode(cl, &pk)
 		h.will.encode(cl, &pk)
+		h.publish.encode(cl, &pk) // last: it writes the packet as it is now
 	case packets.Puback, packets.Pubrec, packets.Pubcomp, packets.Suback, packets.Unsuback:
 		h.ids.encode(cl, &pk)
 		h.acks.encode(cl, &pk)

@@ -121,6 +121,8 @@ func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []ui
 		}
 		pass := true
 		switch {
+		case isPlaceholder(p[pos]):
+			pass = false // one whose packet is gone (encodepublish.go)
 		case qos:
 			if !f.admit(id) {
 				pass = false
@@ -364,6 +366,15 @@ func (c *clientConn) send(p []byte) error {
 	if c.flow == nil {
 		return c.enqueue(p, 1)
 	}
+	if len(c.enc.waiting) > 0 {
+		return c.sendEncoded(p) // encodepublish.go
+	}
+	return c.sendFiltered(p)
+}
+
+// sendFiltered passes p, less what flow control keeps back or drops, to the
+// writer. Called with wmu held.
+func (c *clientConn) sendFiltered(p []byte) error {
 	out, n, dropped, dropped0 := c.flow.filter(p, c.waiting())
 	for _, id := range dropped {
 		c.dropQueued(id)

@@ -250,13 +250,21 @@ func (h *metricsHook) read(cl *mqtt.Client, pk *packets.Packet) {
 	}
 }
 
+// OnPacketSent counts the PUBLISH packets mochi has written. For those
+// written in place of a placeholder (QoS 3, encodepublish.go) it sees the
+// placeholder; sendEncoded counts them.
 func (h *metricsHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos < 3 {
 		if cc, ok := cl.Net.Conn.(*clientConn); ok {
-			cc.m.door.msgsOut[pk.FixedHeader.Qos].Add(1)
-			cc.m.door.payloadOut[pk.FixedHeader.Qos].Add(uint64(len(pk.Payload)))
+			cc.m.sent(pk.FixedHeader.Qos, len(pk.Payload))
 		}
 	}
+}
+
+// sent counts a PUBLISH written to the client.
+func (m *connMetrics) sent(qos byte, payload int) {
+	m.door.msgsOut[qos].Add(1)
+	m.door.payloadOut[qos].Add(uint64(payload))
 }
 
 func (h *metricsHook) OnPublishDropped(*mqtt.Client, packets.Packet) {

@@ -3,7 +3,11 @@ package broker
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"reflect"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -302,4 +306,65 @@ func TestMochiCanaryEncodeByValue(t *testing.T) {
 	if !ok || m.Type.NumIn() != 2 || m.Type.In(1) != packet || m.Type.NumOut() != 2 || m.Type.Out(0) != packet {
 		t.Fatalf("mochi's OnPacketRead is now %v: review readHook in read.go (MOCHI.md row 34)", m.Type)
 	}
+}
+
+// placeholderHook puts encodepublish.go's placeholder in place of every
+// PUBLISH of 1 KiB or more.
+type placeholderHook struct{ mqtt.HookBase }
+
+func (h *placeholderHook) ID() string { return "canary-placeholder" }
+
+func (h *placeholderHook) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+
+func (h *placeholderHook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Publish || len(pk.Payload) < 1024 {
+		return pk
+	}
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 3}, PacketID: 9,
+		ProtocolVersion: pk.ProtocolVersion, Mods: pk.Mods}
+}
+
+// Canary for encodepublish.go: mochi encodes every packet it writes into a
+// new buffer that grows with it, so each 4 KiB delivery allocates at least
+// its size again; and it writes whatever OnPacketEncode returns, a PUBLISH
+// with both QoS bits set (the placeholder) included, counting it as a
+// message sent.
+func TestMochiCanaryEncodesIntoNewBuffers(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
+	conn, peer := net.Pipe()
+	defer conn.Close()
+	defer peer.Close()
+	go func() { _, _ = io.Copy(io.Discard, peer) }()
+	cl := srv.NewClient(conn, "t", "canary-alloc", false)
+	cl.Properties.ProtocolVersion = 4
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "canary/alloc", Payload: make([]byte, 4096)}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 100
+	for range n {
+		if err := cl.WritePacket(pk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / n; per < 4096 {
+		t.Fatalf("mochi allocated %d bytes for each 4 KiB PUBLISH it wrote: encodepublish.go may no longer save anything (MOCHI.md row 37)", per)
+	}
+
+	srv2, addr := bareMochiWith(t, nil, new(auth.AllowHook), new(placeholderHook))
+	c := dialRaw(t, addr, 4, "canary-placeholder", true, packets.Properties{})
+	c.subscribe("canary/placeholder", 0)
+	sent := atomic.LoadInt64(&srv2.Info.MessagesSent)
+	if err := srv2.Publish("canary/placeholder", make([]byte, 2048), false, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 6)
+	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c.r, got); err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0x36, 4, 0, 0, 0, 9}; !bytes.Equal(got, want) {
+		t.Fatalf("mochi wrote % x for the placeholder, want % x: review encodepublish.go (MOCHI.md row 37)", got, want)
+	}
+	waitFor(t, func() bool { return atomic.LoadInt64(&srv2.Info.MessagesSent) == sent+1 })
 }

@@ -11,7 +11,8 @@ import "sync"
 //   - A packet of at least keepFrom bytes stays in the buffer mochi encoded it
 //     into: mochi encodes every packet into a buffer of its own and never
 //     touches it again once it has been written (MOCHI.md, row 31), so the
-//     bytes are written from there, not copied.
+//     bytes are written from there, not copied. (Not a PUBLISH that
+//     publishEncoder encoded into a pooled buffer: borrowed.)
 //   - Smaller ones are copied into chunks of chunkSize bytes from a pool, so
 //     that many small packets leave in one write (one syscall, one TLS
 //     record, one WebSocket frame). A chunk goes back to the pool once it
@@ -31,6 +32,9 @@ type outQueue struct {
 	chunks   []*[]byte // the pooled chunks segs use, returned after writing
 	tail     *[]byte   // the last chunk, while segs ends with it
 	keepFrom int       // packets this long or longer are not copied
+	// borrowed: the bytes being added are in a buffer their owner uses
+	// again (publishEncoder, encodepublish.go), so they are copied.
+	borrowed bool
 }
 
 const chunkSize = 32 << 10
@@ -53,7 +57,7 @@ func (q *outQueue) add(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	if len(b) >= q.keepFrom || len(b) > chunkSize {
+	if !q.borrowed && (len(b) >= q.keepFrom || len(b) > chunkSize) {
 		q.segs = append(q.segs, b)
 		q.tail = nil
 		return

@@ -177,6 +177,7 @@ func (c *clientConn) enqueue(b []byte, n int) error {
 func (c *clientConn) fail(err error) {
 	c.werr = err
 	c.q.reset()
+	c.enc.reset()
 	c.outN = 0
 	_ = c.Conn.Close()
 	c.wakeWaiters() // nobody waits for a closed connection
