@@ -1,9 +1,16 @@
 package broker
 
 import (
+	"bytes"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"runtime"
 	"testing"
+	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -38,5 +45,74 @@ func BenchmarkOnPacketRead(b *testing.B) {
 				pk, _ = hooks.OnPacketRead(cl, pk)
 			}
 		})
+	}
+}
+
+// BenchmarkWritePublish: mochi's WritePacket for one subscriber on a TCP
+// door, payloads of several sizes, with the larger PUBLISH packets encoded
+// by publishEncoder (encodepublish.go) or, "mochi", all by mochi: the write
+// path's CPU and allocations per delivery, up to the socket.
+func BenchmarkWritePublish(b *testing.B) {
+	for _, size := range []int{64, 512, 4096} {
+		for _, mochiEncodes := range []bool{false, true} {
+			name := fmt.Sprintf("%dB", size)
+			if mochiEncodes {
+				name += "/mochi"
+			}
+			b.Run(name, func(b *testing.B) {
+				br := newBroker(b, Options{Logger: slog.New(slog.DiscardHandler)}, AnonymousPolicy{Allow: true})
+				addr := serveDoor(b, br, ConnInfo{Door: DoorTCP})
+				conn, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer conn.Close()
+				connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+					Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "bench-sub"}}
+				var buf bytes.Buffer
+				if err := connect.ConnectEncode(&buf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := conn.Write(buf.Bytes()); err != nil {
+					b.Fatal(err)
+				}
+				go func() { _, _ = io.Copy(io.Discard, conn) }()
+				var cl *mqtt.Client
+				for deadline := time.Now().Add(5 * time.Second); cl == nil; time.Sleep(time.Millisecond) {
+					if time.Now().After(deadline) {
+						b.Fatal("not connected")
+					}
+					if c, ok := br.srv.Clients.Get("bench-sub"); ok && c.Net.Conn.(*clientConn).established.Load() {
+						cl = c
+					}
+				}
+				for _, h := range mochiHooks(br.srv).GetAll() {
+					if e, ok := h.(*encodeHook); ok {
+						e.publish.off = mochiEncodes
+					}
+				}
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "bench/t", Payload: make([]byte, size)}
+				cc := cl.Net.Conn.(*clientConn)
+				queued := func() int {
+					cc.wmu.Lock()
+					defer cc.wmu.Unlock()
+					return cc.waiting()
+				}
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				n := 0
+				for b.Loop() {
+					if err := cl.WritePacket(pk); err != nil {
+						b.Fatal(err)
+					}
+					// Within max_queued_messages, which would drop the rest.
+					if n++; n%64 == 0 {
+						for queued() > 256 {
+							runtime.Gosched()
+						}
+					}
+				}
+			})
+		}
 	}
 }
