@@ -202,7 +202,7 @@ func New(opts Options, policy Policy) (*Broker, error) {
 	publish := new(publishEncoder)
 	for _, h := range opts.Hooks {
 		// They would see a placeholder, not the packet written.
-		publish.off = publish.off || h.Provides(mqtt.OnPacketEncode)
+		publish.off = publish.off || h.Provides(mqtt.OnPacketEncode) || h.Provides(mqtt.OnPacketSent)
 	}
 	encode := &encodeHook{dispatch: dispatch, ids: ids, session: session, handover: handover, acks: &ackEncoder{b: b}, order: order, will: will, publish: publish}
 	if err := b.srv.AddHook(encode, nil); err != nil {

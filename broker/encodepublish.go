@@ -28,8 +28,8 @@ import (
 // through its write lock and its write buffer, and mochi keeps its own
 // bookkeeping (errors, the count of messages sent).
 type publishEncoder struct {
-	// off: another hook changes packets after encodeHook (Options.Hooks),
-	// so mochi encodes everything.
+	// off: another hook (Options.Hooks) changes or reads the packets
+	// written, which would see placeholders; mochi encodes everything.
 	off bool
 }
 

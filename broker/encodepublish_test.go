@@ -125,3 +125,31 @@ func TestPlaceholderWithoutPacketDropped(t *testing.T) {
 		t.Fatalf("got %v %q, want the publish after the placeholder", packets.PacketNames[got.FixedHeader.Type], got.Payload)
 	}
 }
+
+// sentHook reads the packets mochi writes.
+type sentHook struct{ mqtt.HookBase }
+
+func (h *sentHook) ID() string { return "test-sent" }
+
+func (h *sentHook) Provides(b byte) bool { return b == mqtt.OnPacketSent }
+
+// TestPlaceholdersOnlyForOwnHooks: with a hook of Options.Hooks that reads
+// or changes the packets written, mochi encodes every PUBLISH itself, so
+// that the hook sees it rather than a placeholder.
+func TestPlaceholdersOnlyForOwnHooks(t *testing.T) {
+	for _, hooks := range [][]mqtt.Hook{nil, {new(sentHook)}, {new(placeholderHook)}} {
+		b := newBroker(t, Options{Hooks: hooks}, AnonymousPolicy{Allow: true})
+		found := false
+		for _, h := range mochiHooks(b.srv).GetAll() {
+			if e, ok := h.(*encodeHook); ok {
+				found = true
+				if e.publish.off != (len(hooks) > 0) {
+					t.Errorf("with hooks %v: own encoding off is %v", hooks, e.publish.off)
+				}
+			}
+		}
+		if !found {
+			t.Fatal("no encodeHook")
+		}
+	}
+}
