@@ -53,7 +53,7 @@ func BenchmarkOnPacketRead(b *testing.B) {
 // by publishEncoder (encodepublish.go) or, "mochi", all by mochi: the write
 // path's CPU and allocations per delivery, up to the socket.
 func BenchmarkWritePublish(b *testing.B) {
-	for _, size := range []int{64, 512, 4096} {
+	for _, size := range []int{64, 512, 4096, 65536} {
 		for _, mochiEncodes := range []bool{false, true} {
 			name := fmt.Sprintf("%dB", size)
 			if mochiEncodes {

@@ -33,11 +33,14 @@ type publishEncoder struct {
 	off bool
 }
 
-// Payloads from ownEncodeFrom bytes are encoded here: below it, mochi's
-// buffer grows once at most, and the placeholder's encoding would cost
-// more than it saves. Packets over chunkSize bytes are left to mochi: the
-// write path keeps mochi's buffer rather than copying it (outqueue.go).
-const ownEncodeFrom = 512
+// Payloads from ownEncodeFrom to ownEncodeMax bytes are encoded here:
+// below, mochi's buffer grows once at most, and the placeholder's encoding
+// would cost more than it saves; above, a pooled buffer would hold much
+// memory for a rare packet.
+const (
+	ownEncodeFrom = 512
+	ownEncodeMax  = 256 << 10
+)
 
 // maxEncodedWaiting bounds the encoded packets of a connection waiting for
 // their placeholders: mochi's write channel (mochiWriteSlots) and write
@@ -46,6 +49,15 @@ const maxEncodedWaiting = 1024
 
 // encodeBuffers are the buffers publishEncoder encodes into.
 var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// putEncodeBuffer returns b to encodeBuffers once nothing refers to its
+// bytes.
+func putEncodeBuffer(b *bytes.Buffer) {
+	if b.Cap() <= 2*ownEncodeMax {
+		b.Reset()
+		encodeBuffers.Put(b)
+	}
+}
 
 // placeholderHeader marks a placeholder: a PUBLISH (type 3) with QoS bits
 // 11. isPlaceholder masks off the DUP and RETAIN bits.
@@ -72,7 +84,7 @@ type encodedPublish struct {
 }
 
 func (e *publishEncoder) encode(cl *mqtt.Client, pk *packets.Packet) {
-	if e.off || len(pk.Payload) < ownEncodeFrom || len(pk.Payload) > chunkSize {
+	if e.off || len(pk.Payload) < ownEncodeFrom || len(pk.Payload) > ownEncodeMax {
 		return
 	}
 	cc, ok := cl.Net.Conn.(*clientConn)
@@ -84,14 +96,13 @@ func (e *publishEncoder) encode(cl *mqtt.Client, pk *packets.Packet) {
 	// An encoding error, or a packet larger than the client's maximum
 	// packet size, is left to mochi, which encodes the packet again and
 	// refuses it as it always has ([MQTT-3.1.2-24]).
-	if pk.PublishEncode(buf) != nil || buf.Len() > chunkSize ||
-		pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
-		encodeBuffers.Put(buf)
+	if pk.PublishEncode(buf) != nil || pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
+		putEncodeBuffer(buf)
 		return
 	}
 	id, ok := cc.encoded(encodedPublish{buf: buf, qos: pk.FixedHeader.Qos, payload: len(pk.Payload)})
 	if !ok {
-		encodeBuffers.Put(buf)
+		putEncodeBuffer(buf)
 		return
 	}
 	*pk = packets.Packet{
@@ -147,20 +158,24 @@ func (c *clientConn) sendEncoded(p []byte) error {
 		if !found {
 			continue
 		}
-		// The buffer is used again: the write path copies what it keeps.
-		c.q.borrowed = true
+		// The queue takes the buffer if it keeps the packet in it
+		// (outqueue.go); otherwise it is free again now.
+		size := ep.buf.Len()
+		c.q.lender = ep.buf
 		err := c.sendFiltered(ep.buf.Bytes())
-		c.q.borrowed = false
+		if c.q.lender != nil {
+			c.q.lender = nil
+			putEncodeBuffer(ep.buf)
+		}
 		if err != nil {
 			return err
 		}
 		// mochi counted the placeholder's bytes, and sent the metrics
 		// hook the placeholder.
-		atomic.AddInt64(&c.broker.srv.Info.BytesSent, int64(ep.buf.Len()-n))
+		atomic.AddInt64(&c.broker.srv.Info.BytesSent, int64(size-n))
 		if !c.broker.opts.NoMetrics {
 			c.m.sent(ep.qos, ep.payload)
 		}
-		encodeBuffers.Put(ep.buf)
 	}
 	return c.sendFiltered(p[run:])
 }

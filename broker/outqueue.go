@@ -1,6 +1,9 @@
 package broker
 
-import "sync"
+import (
+	"bytes"
+	"sync"
+)
 
 // outQueue holds the bytes waiting to be written to one connection, as a list
 // of segments written in order. It never grows one buffer by appending to it:
@@ -11,8 +14,9 @@ import "sync"
 //   - A packet of at least keepFrom bytes stays in the buffer mochi encoded it
 //     into: mochi encodes every packet into a buffer of its own and never
 //     touches it again once it has been written (MOCHI.md, row 31), so the
-//     bytes are written from there, not copied. (Not a PUBLISH that
-//     publishEncoder encoded into a pooled buffer: borrowed.)
+//     bytes are written from there, not copied. So are those of a PUBLISH
+//     that publishEncoder encoded into one of its pooled buffers (lender),
+//     which goes back to its pool once written.
 //   - Smaller ones are copied into chunks of chunkSize bytes from a pool, so
 //     that many small packets leave in one write (one syscall, one TLS
 //     record, one WebSocket frame). A chunk goes back to the pool once it
@@ -32,9 +36,11 @@ type outQueue struct {
 	chunks   []*[]byte // the pooled chunks segs use, returned after writing
 	tail     *[]byte   // the last chunk, while segs ends with it
 	keepFrom int       // packets this long or longer are not copied
-	// borrowed: the bytes being added are in a buffer their owner uses
-	// again (publishEncoder, encodepublish.go), so they are copied.
-	borrowed bool
+	// lender is the pooled buffer of publishEncoder (encodepublish.go)
+	// that the bytes being added are in; add takes it (lent, and clears
+	// lender) when it keeps them rather than copying them.
+	lender *bytes.Buffer
+	lent   []*bytes.Buffer // the lenders segs use, returned after writing
 }
 
 const chunkSize = 32 << 10
@@ -57,7 +63,11 @@ func (q *outQueue) add(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	if !q.borrowed && (len(b) >= q.keepFrom || len(b) > chunkSize) {
+	if len(b) >= q.keepFrom || len(b) > chunkSize {
+		if q.lender != nil {
+			q.lent = append(q.lent, q.lender)
+			q.lender = nil
+		}
 		q.segs = append(q.segs, b)
 		q.tail = nil
 		return
@@ -84,21 +94,22 @@ func (q *outQueue) empty() bool { return len(q.segs) == 0 }
 // take hands everything queued to the writer and leaves the queue empty;
 // spare is an emptied batch whose lists the queue reuses.
 func (q *outQueue) take(spare outBatch) outBatch {
-	b := outBatch{segs: q.segs, chunks: q.chunks}
-	q.segs, q.chunks, q.tail = spare.segs[:0], spare.chunks[:0], nil
+	b := outBatch{segs: q.segs, chunks: q.chunks, lent: q.lent}
+	q.segs, q.chunks, q.lent, q.tail = spare.segs[:0], spare.chunks[:0], spare.lent[:0], nil
 	return b
 }
 
 // reset drops everything queued (the connection failed or is done).
 func (q *outQueue) reset() {
-	outBatch{segs: q.segs, chunks: q.chunks}.release()
-	q.segs, q.chunks, q.tail = nil, nil, nil
+	outBatch{segs: q.segs, chunks: q.chunks, lent: q.lent}.release()
+	q.segs, q.chunks, q.lent, q.tail = nil, nil, nil, nil
 }
 
 // outBatch is what the writer writes in one go.
 type outBatch struct {
 	segs   [][]byte
 	chunks []*[]byte
+	lent   []*bytes.Buffer
 }
 
 // release returns the batch's chunks to the pool and clears its lists, so
@@ -115,6 +126,10 @@ func (b outBatch) release() outBatch {
 		}
 		b.chunks[i] = nil
 	}
+	for i, l := range b.lent {
+		putEncodeBuffer(l)
+		b.lent[i] = nil
+	}
 	clear(b.segs)
-	return outBatch{segs: b.segs[:0], chunks: b.chunks[:0]}
+	return outBatch{segs: b.segs[:0], chunks: b.chunks[:0], lent: b.lent[:0]}
 }
