@@ -42,10 +42,14 @@ const (
 	ownEncodeMax  = 256 << 10
 )
 
-// maxEncodedWaiting bounds the encoded packets of a connection waiting for
-// their placeholders: mochi's write channel (mochiWriteSlots) and write
-// buffer hold fewer. Beyond it mochi encodes packets itself.
-const maxEncodedWaiting = 1024
+// maxEncodedWaiting bounds the bytes of a connection's encoded packets
+// waiting for their placeholders (one packet may be larger). mochi gathers
+// packets in its write buffer while more wait in its channel and writes
+// them once it holds 2 KiB: that is a few packets of their own size, but
+// some 300 placeholders, for which as many encoded packets would wait, up
+// to 85 MB of 256 KiB messages. Beyond the bound mochi encodes the next
+// packet itself, which makes it write its buffer, placeholders included.
+const maxEncodedWaiting = 256 << 10
 
 // encodeBuffers are the buffers publishEncoder encodes into.
 var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -73,6 +77,7 @@ func isPlaceholder(h byte) bool { return h&0xF6 == placeholderHeader }
 type encodedPublishes struct {
 	waiting []encodedPublish // from head on
 	head    int
+	bytes   int    // of the packets waiting
 	last    uint16 // the last placeholder identifier given out
 }
 
@@ -116,14 +121,15 @@ func (e *publishEncoder) encode(cl *mqtt.Client, pk *packets.Packet) {
 // encoded keeps p until its placeholder is written and returns the
 // placeholder's identifier; false when mochi is to write the packet
 // itself: before flow control is set up (sendEncoded runs behind it),
-// after a failed write, or with maxEncodedWaiting packets waiting.
+// after a failed write, or with maxEncodedWaiting bytes waiting.
 func (c *clientConn) encoded(p encodedPublish) (uint16, bool) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	e := &c.enc
-	if c.flow == nil || c.werr != nil || len(e.waiting)-e.head >= maxEncodedWaiting {
+	if c.flow == nil || c.werr != nil || e.bytes > 0 && e.bytes+p.buf.Len() > maxEncodedWaiting {
 		return 0, false
 	}
+	e.bytes += p.buf.Len()
 	e.last++
 	if e.last == 0 {
 		e.last = 1
@@ -191,6 +197,7 @@ func (e *encodedPublishes) take(id uint16) (encodedPublish, bool) {
 		return encodedPublish{}, false
 	}
 	p := e.waiting[i]
+	e.bytes -= p.buf.Len()
 	copy(e.waiting[e.head+1:i+1], e.waiting[e.head:i]) // rarely any
 	e.waiting[e.head] = encodedPublish{}
 	e.head++

@@ -153,3 +153,36 @@ func TestPlaceholdersOnlyForOwnHooks(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodedWaitingBounded: packets encoded for placeholders that mochi
+// has not written yet (gathered in its write buffer) hold at most
+// maxEncodedWaiting bytes; beyond that mochi encodes the next one itself.
+func TestEncodedWaitingBounded(t *testing.T) {
+	b, _, cl, cc := encodedSubscriber(t, 4)
+	hooks := mochiHooks(b.srv)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "enc/t",
+		Payload: make([]byte, 16<<10), ProtocolVersion: 4}
+	placeholders := 0
+	for range 2 * maxEncodedWaiting / len(pk.Payload) {
+		if hooks.OnPacketEncode(cl, pk).FixedHeader.Qos == 3 {
+			placeholders++
+		}
+	}
+	if want := maxEncodedWaiting / len(encodedBytes(t, pk)); placeholders != want {
+		t.Fatalf("%d packets of 16 KiB encoded for placeholders not yet written, want %d", placeholders, want)
+	}
+	cc.wmu.Lock()
+	held := cc.enc.bytes
+	cc.wmu.Unlock()
+	if held > maxEncodedWaiting {
+		t.Fatalf("%d bytes held", held)
+	}
+	// One packet larger than the bound is still encoded here.
+	cc.wmu.Lock()
+	cc.enc.reset()
+	cc.wmu.Unlock()
+	pk.Payload = make([]byte, maxEncodedWaiting-100)
+	if hooks.OnPacketEncode(cl, pk).FixedHeader.Qos != 3 {
+		t.Fatal("a single large packet was left to mochi")
+	}
+}
