@@ -164,15 +164,15 @@ func (c *clientConn) sendEncoded(p []byte) error {
 		if !found {
 			continue
 		}
-		// The queue takes the buffer if it keeps the packet in it
-		// (outqueue.go); otherwise it is free again now.
 		size := ep.buf.Len()
-		c.q.lender = ep.buf
+		// The queue, or flow control, takes the buffer if it keeps the
+		// packet in it (outqueue.go, flow.go); otherwise it is free again.
+		c.q.lender, c.flow.lender = ep.buf, ep.buf
 		err := c.sendFiltered(ep.buf.Bytes())
-		if c.q.lender != nil {
-			c.q.lender = nil
+		if c.q.lender != nil && c.flow.lender != nil {
 			putEncodeBuffer(ep.buf)
 		}
+		c.q.lender, c.flow.lender = nil, nil
 		if err != nil {
 			return err
 		}

@@ -42,6 +42,10 @@ type outFlow struct {
 	head     int
 	queued   map[uint16]struct{} // packet identifiers in queue[head:]
 	partial  []byte              // the start of a packet split across writes
+	// lender is the pooled buffer of publishEncoder that the bytes being
+	// filtered are, one PUBLISH (encodepublish.go); filter takes it (and
+	// clears lender) when it queues that publish in it rather than a copy.
+	lender *bytes.Buffer
 }
 
 // flowState is a connection's outgoing flow control, set up at CONNECT and
@@ -53,8 +57,9 @@ type flowState struct {
 
 // queuedPublish is an encoded PUBLISH waiting for the window.
 type queuedPublish struct {
-	id uint16
-	b  []byte
+	id  uint16
+	b   []byte
+	buf *bytes.Buffer // the pooled buffer b is in, or nil
 }
 
 func newOutFlow(window, queueMax int, sent *sentIDs) *outFlow {
@@ -108,9 +113,11 @@ func (f *outFlow) queueLen() int { return len(f.queue) - f.head }
 // outgoing packets fill max_queued_messages); dropped0 counts those. The
 // result aliases p when nothing is kept back or dropped.
 func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []uint16, dropped0 int) {
+	lent := f.lender
 	if len(f.partial) > 0 {
 		p = append(f.partial, p...)
 		f.partial = nil
+		lent = nil
 	}
 	pos, run := 0, 0 // run: start of the bytes not yet copied to out
 	copying := false
@@ -126,10 +133,14 @@ func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []ui
 		case qos:
 			if !f.admit(id) {
 				pass = false
-				if f.queueLen() < f.queueMax {
-					f.enqueue(id, bytes.Clone(p[pos:pos+size]))
-				} else {
+				switch {
+				case f.queueLen() >= f.queueMax:
 					dropped = append(dropped, id)
+				case lent != nil && size == len(p):
+					f.enqueue(id, p, lent) // in its pooled buffer
+					f.lender = nil
+				default:
+					f.enqueue(id, bytes.Clone(p[pos:pos+size]), nil)
 				}
 			}
 		case p[pos]>>4 == packets.Publish && waiting+n >= f.writeMax:
@@ -139,11 +150,13 @@ func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []ui
 		if pass {
 			n++
 		} else {
-			if !copying {
-				out = make([]byte, 0, len(p))
-				copying = true
+			// What passes is copied together, allocated only if there
+			// is any (a publish held back alone leaves nothing).
+			if pos > run && out == nil {
+				out = make([]byte, 0, len(p)-size)
 			}
 			out = append(out, p[run:pos]...)
+			copying = true
 			run = pos + size
 		}
 		pos += size
@@ -179,12 +192,12 @@ func (f *outFlow) admit(id uint16) bool {
 	return true
 }
 
-func (f *outFlow) enqueue(id uint16, b []byte) {
+func (f *outFlow) enqueue(id uint16, b []byte, buf *bytes.Buffer) {
 	if f.queued == nil {
 		f.queued = make(map[uint16]struct{})
 	}
 	f.queued[id] = struct{}{}
-	f.queue = append(f.queue, queuedPublish{id: id, b: b})
+	f.queue = append(f.queue, queuedPublish{id: id, b: b, buf: buf})
 }
 
 func (f *outFlow) unqueue(id uint16) {
@@ -194,6 +207,9 @@ func (f *outFlow) unqueue(id uint16) {
 	delete(f.queued, id)
 	for i := f.head; i < len(f.queue); i++ {
 		if f.queue[i].id == id {
+			if buf := f.queue[i].buf; buf != nil {
+				putEncodeBuffer(buf)
+			}
 			f.queue = append(f.queue[:i], f.queue[i+1:]...)
 			return
 		}
@@ -202,7 +218,7 @@ func (f *outFlow) unqueue(id uint16) {
 
 // ack ends the flow of publish id and passes the queued publishes that now
 // fit the window to emit, oldest first.
-func (f *outFlow) ack(id uint16, emit func([]byte)) {
+func (f *outFlow) ack(id uint16, emit func(b []byte, buf *bytes.Buffer)) {
 	if _, ok := f.inflight[id]; !ok {
 		return
 	}
@@ -215,7 +231,7 @@ func (f *outFlow) ack(id uint16, emit func([]byte)) {
 		delete(f.queued, q.id)
 		f.inflight[q.id] = struct{}{}
 		f.sent.add(q.id)
-		emit(q.b)
+		emit(q.b, q.buf)
 	}
 	if f.head == len(f.queue) {
 		f.queue, f.head = f.queue[:0], 0
@@ -395,7 +411,8 @@ func (c *clientConn) acked(id uint16) error {
 		return nil
 	}
 	var err error
-	c.flow.ack(id, func(b []byte) {
+	c.flow.ack(id, func(b []byte, buf *bytes.Buffer) {
+		c.q.lender = buf // the queue may keep the publish in it
 		switch {
 		case c.holding:
 			c.held = append(c.held, b...)
@@ -403,6 +420,10 @@ func (c *clientConn) acked(id uint16) error {
 			// Each publish as it is: the write path keeps it rather
 			// than copying it (outqueue.go).
 			err = c.enqueue(b, 1)
+		}
+		if c.q.lender != nil {
+			c.q.lender = nil
+			putEncodeBuffer(buf)
 		}
 	})
 	c.progressed()

@@ -724,6 +724,6 @@ func TestNoOutgoingTopicAliases(t *testing.T) {
 // ackCollect acknowledges id and returns what the window released, joined,
 // and how many publishes that was.
 func ackCollect(f *outFlow, id uint16) (out []byte, n int) {
-	f.ack(id, func(b []byte) { out = append(out, b...); n++ })
+	f.ack(id, func(b []byte, _ *bytes.Buffer) { out = append(out, b...); n++ })
 	return out, n
 }
