@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -177,21 +178,44 @@ func waitPort(port int, d time.Duration) error {
 	return fmt.Errorf("port %d not listening after %v", port, d)
 }
 
+// freePorts returns n ports free now, below the range the kernel picks
+// the local ports of outgoing connections from: each broker is restarted
+// on the same ports for every case, and a port in that range can meanwhile
+// be the local end of one of mqttbench's own connections (mosquitto's
+// WebSocket listener once failed to start so).
 func freePorts(n int) []int {
-	var ls []net.Listener
+	lo, hi := 10000, ephemeralPortsFrom()-1
 	var ps []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			log.Fatal(err)
+	for tries := 0; len(ps) < n && tries < 10000; tries++ {
+		p := lo + rand.IntN(hi-lo+1)
+		if slices.Contains(ps, p) {
+			continue
 		}
-		ls = append(ls, l)
-		ps = append(ps, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
 		l.Close()
+		ps = append(ps, p)
+	}
+	if len(ps) < n {
+		log.Fatalf("no %d free ports between %d and %d", n, lo, hi)
 	}
 	return ps
+}
+
+// ephemeralPortsFrom is the first port the kernel gives outgoing
+// connections (Linux's ip_local_port_range; 32768 elsewhere).
+func ephemeralPortsFrom() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo <= 10100 {
+		return 32768
+	}
+	return lo
 }
 
 const caddyfile = `{
