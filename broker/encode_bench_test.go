@@ -1,16 +1,12 @@
 package broker
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"runtime"
 	"testing"
-	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -61,30 +57,11 @@ func BenchmarkWritePublish(b *testing.B) {
 			}
 			b.Run(name, func(b *testing.B) {
 				br := newBroker(b, Options{Logger: slog.New(slog.DiscardHandler)}, AnonymousPolicy{Allow: true})
-				addr := serveDoor(b, br, ConnInfo{Door: DoorTCP})
-				conn, err := net.Dial("tcp", addr)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer conn.Close()
-				connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-					Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "bench-sub"}}
-				var buf bytes.Buffer
-				if err := connect.ConnectEncode(&buf); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := conn.Write(buf.Bytes()); err != nil {
-					b.Fatal(err)
-				}
-				go func() { _, _ = io.Copy(io.Discard, conn) }()
-				var cl *mqtt.Client
-				for deadline := time.Now().Add(5 * time.Second); cl == nil; time.Sleep(time.Millisecond) {
-					if time.Now().After(deadline) {
-						b.Fatal("not connected")
-					}
-					if c, ok := br.srv.Clients.Get("bench-sub"); ok && c.Net.Conn.(*clientConn).established.Load() {
-						cl = c
-					}
+				sub := dialRaw(b, serveDoor(b, br, ConnInfo{Door: DoorTCP}), 4, "bench-sub", true, packets.Properties{})
+				go func() { _, _ = io.Copy(io.Discard, sub.r) }()
+				cl, ok := br.srv.Clients.Get("bench-sub")
+				if !ok {
+					b.Fatal("not connected")
 				}
 				for _, h := range mochiHooks(br.srv).GetAll() {
 					if e, ok := h.(*encodeHook); ok {

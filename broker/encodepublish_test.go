@@ -24,7 +24,8 @@ func encodedSubscriber(t *testing.T, version byte) (*Broker, *rawClient, *mqtt.C
 	return b, sub, cl, cl.Net.Conn.(*clientConn)
 }
 
-func encodedBytes(t *testing.T, pk packets.Packet) []byte {
+// encodedBytes is pk as mochi encodes it.
+func encodedBytes(t testing.TB, pk packets.Packet) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := pk.PublishEncode(&buf); err != nil {

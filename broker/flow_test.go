@@ -19,15 +19,10 @@ import (
 
 func encodePublish(t *testing.T, id uint16, qos byte, topic, payload string) []byte {
 	t.Helper()
-	pk := packets.Packet{
+	return encodedBytes(t, packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: qos},
 		ProtocolVersion: 4, TopicName: topic, Payload: []byte(payload), PacketID: id,
-	}
-	var buf bytes.Buffer
-	if err := pk.PublishEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	})
 }
 
 func TestNextPacket(t *testing.T) {
@@ -168,13 +163,13 @@ func TestOutFlowDropsQoS0WhenWritesWait(t *testing.T) {
 // rawClient speaks MQTT over a real socket with packets it writes itself,
 // so a test decides exactly when to acknowledge.
 type rawClient struct {
-	t       *testing.T
+	t       testing.TB
 	conn    net.Conn
 	r       *bufio.Reader
 	version byte
 }
 
-func dialRaw(t *testing.T, addr string, version byte, id string, clean bool, props packets.Properties) *rawClient {
+func dialRaw(t testing.TB, addr string, version byte, id string, clean bool, props packets.Properties) *rawClient {
 	t.Helper()
 	c, pk := dialRawConnect(t, addr, version, packets.ConnectParams{Clean: clean, Keepalive: 60, ClientIdentifier: id}, props)
 	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
@@ -185,7 +180,7 @@ func dialRaw(t *testing.T, addr string, version byte, id string, clean bool, pro
 
 // dialRawConnect connects and returns the client and the broker's answer
 // to the CONNECT.
-func dialRawConnect(t *testing.T, addr string, version byte, cp packets.ConnectParams, props packets.Properties) (*rawClient, packets.Packet) {
+func dialRawConnect(t testing.TB, addr string, version byte, cp packets.ConnectParams, props packets.Properties) (*rawClient, packets.Packet) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
