@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -58,6 +59,9 @@ func BenchmarkWritePublish(b *testing.B) {
 			b.Run(name, func(b *testing.B) {
 				br := newBroker(b, Options{Logger: slog.New(slog.DiscardHandler)}, AnonymousPolicy{Allow: true})
 				sub := dialRaw(b, serveDoor(b, br, ConnInfo{Door: DoorTCP}), 4, "bench-sub", true, packets.Properties{})
+				// dialRaw leaves the read deadline of its CONNACK set: a run
+				// longer than that would stop reading, fill the queue and spin.
+				_ = sub.conn.SetReadDeadline(time.Time{})
 				go func() { _, _ = io.Copy(io.Discard, sub.r) }()
 				cl, ok := br.srv.Clients.Get("bench-sub")
 				if !ok {
@@ -85,6 +89,9 @@ func BenchmarkWritePublish(b *testing.B) {
 					// Within max_queued_messages, which would drop the rest.
 					if n++; n%64 == 0 {
 						for queued() > 256 {
+							if cl.Closed() {
+								b.Fatal("subscriber disconnected")
+							}
 							runtime.Gosched()
 						}
 					}
