@@ -152,6 +152,17 @@ type doorAddr struct {
 	other string
 }
 
+// keyOf is the doorAddr of door and local.
+func keyOf(door broker.Door, local net.Addr) doorAddr {
+	key := doorAddr{door: door}
+	if tcp, ok := local.(*net.TCPAddr); ok {
+		key.tcp = tcp.AddrPort()
+	} else {
+		key.other = local.String()
+	}
+	return key
+}
+
 // NoteDoor logs, once per process, the first connection a layer4 door takes
 // on a local address. (A layer4 handler is not told which server it belongs
 // to, so its addresses are known only once a connection arrives.) It runs
@@ -161,13 +172,7 @@ func NoteDoor(logger *zap.Logger, door broker.Door, local net.Addr) {
 	if local == nil {
 		return
 	}
-	key := doorAddr{door: door}
-	if tcp, ok := local.(*net.TCPAddr); ok {
-		key.tcp = tcp.AddrPort()
-	} else {
-		key.other = local.String()
-	}
-	if _, seen := servedDoors.LoadOrStore(key, true); !seen {
+	if _, seen := servedDoors.LoadOrStore(keyOf(door, local), true); !seen {
 		logger.Info("mqtt door serving", zap.String("door", string(door)), zap.String("listen", local.String()))
 	}
 }

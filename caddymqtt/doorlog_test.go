@@ -19,14 +19,19 @@ func TestNoteDoorOncePerAddress(t *testing.T) {
 	// Documentation addresses (RFC 5737): no other test notes them.
 	a := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1883}
 	b := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 8883}
-	for _, n := range []struct {
+	notes := []struct {
 		door broker.Door
 		addr net.Addr
 	}{
 		{broker.DoorTCP, a}, {broker.DoorTCP, a}, {broker.DoorTCP, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1883}},
 		{broker.DoorTCP, b}, {broker.DoorTLS, a}, {broker.DoorTLS, a},
 		{broker.DoorTCP, &net.UnixAddr{Name: t.Name(), Net: "unix"}}, {broker.DoorTCP, &net.UnixAddr{Name: t.Name(), Net: "unix"}},
-	} {
+	}
+	// What is noted is noted for the process: forget these, for -count.
+	for _, n := range notes {
+		servedDoors.Delete(keyOf(n.door, n.addr))
+	}
+	for _, n := range notes {
 		NoteDoor(logger, n.door, n.addr)
 	}
 	var got []string
