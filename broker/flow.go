@@ -119,8 +119,9 @@ func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []ui
 		f.partial = nil
 		lent = nil
 	}
-	pos, run := 0, 0 // run: start of the bytes not yet copied to out
-	copying := false
+	// run: the start of the bytes not yet copied to out; it stays 0 until
+	// a packet is held back or dropped, and p passes whole.
+	pos, run := 0, 0
 	for pos < len(p) {
 		size, id, qos, ok := nextPacket(p[pos:])
 		if !ok {
@@ -156,7 +157,6 @@ func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []ui
 				out = make([]byte, 0, len(p)-size)
 			}
 			out = append(out, p[run:pos]...)
-			copying = true
 			run = pos + size
 		}
 		pos += size
@@ -164,7 +164,7 @@ func (f *outFlow) filter(p []byte, waiting int) (out []byte, n int, dropped []ui
 	if pos < len(p) {
 		f.partial = bytes.Clone(p[pos:])
 	}
-	if !copying {
+	if run == 0 {
 		return p[:pos], n, dropped, dropped0
 	}
 	return append(out, p[run:pos]...), n, dropped, dropped0
